@@ -1,0 +1,1 @@
+//! rpf: reverse port-forward for Kubernetes (the user's command).

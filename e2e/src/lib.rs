@@ -1,0 +1,1 @@
+//! End-to-end tests and benchmarks for rpf: real processes, real sockets, network namespaces.

@@ -1,0 +1,1 @@
+//! Pure sidecar injection logic shared by rpf-webhook and rpf inject.

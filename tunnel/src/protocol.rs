@@ -1,0 +1,72 @@
+//! The contract every rpf binary shares: protocol version, HTTP/2 paths and
+//! header names, pod annotations, container names and default tuning.
+//!
+//! Keeping these in one module means the sidecar, the CLI, the webhook and
+//! `rpf inject` can never disagree about a name.
+
+use std::time::Duration;
+
+/// Version of the wire protocol. Bumped on any incompatible change; both
+/// ends exchange it in their hello and refuse to talk across a mismatch.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of the rpf software that built this binary.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Name of the container the webhook (or `rpf inject`) adds to a pod.
+pub const SIDECAR_CONTAINER: &str = "rpf-sidecar";
+
+/// Path of the sidecar binary inside its image (the exec channel runs it).
+pub const SIDECAR_BINARY_PATH: &str = "/rpf-sidecar";
+
+/// Port the sidecar's control listener binds on 127.0.0.1 unless the pod
+/// annotation [`annotations::CONTROL_PORT`] says otherwise.
+pub const DEFAULT_CONTROL_PORT: u16 = 4499;
+
+/// Concurrent connections allowed per reverse listener (KEP-5695 default).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// Pod annotations understood by rpf.
+pub mod annotations {
+    /// `"true"` opts a pod into sidecar injection.
+    pub const ENABLED: &str = "rpf.dev/enabled";
+    /// Set by the injector to the rpf version that injected the sidecar.
+    pub const INJECTED: &str = "rpf.dev/injected";
+    /// Control port of the sidecar, when 4499 is taken in the pod.
+    pub const CONTROL_PORT: &str = "rpf.dev/control-port";
+    /// `"true"`/`"false"`: force or forbid a native sidecar (init container
+    /// with `restartPolicy: Always`) regardless of the cluster version.
+    pub const NATIVE_SIDECAR: &str = "rpf.dev/native-sidecar";
+    /// Lowest reverse port the pod will need, when below 1024: the injector
+    /// then sets the safe sysctl `net.ipv4.ip_unprivileged_port_start`.
+    pub const LOWEST_PORT: &str = "rpf.dev/lowest-port";
+}
+
+/// Environment variables the injector sets on the sidecar (downward API).
+pub mod env {
+    /// Name of the pod the sidecar runs in.
+    pub const POD_NAME: &str = "POD_NAME";
+    /// Namespace of the pod the sidecar runs in.
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+}
+
+/// Default HTTP/2 and keepalive tuning. See `docs/protocol.md` for why
+/// these numbers.
+pub mod tuning {
+    use super::Duration;
+
+    /// Per-stream receive window: 4 MiB keeps one connection busy at
+    /// 200 MB/s over a 20 ms round trip (bandwidth-delay product 4 MB).
+    pub const STREAM_WINDOW: u32 = 4 << 20;
+    /// Per-channel receive window: bounds the bytes buffered for all streams
+    /// of one channel, in each direction, to 16 MiB.
+    pub const CONNECTION_WINDOW: u32 = 16 << 20;
+    /// Largest DATA frame we accept; fewer, larger frames cost less CPU.
+    pub const MAX_FRAME_SIZE: u32 = 256 << 10;
+    /// Largest chunk read from a socket before it is sent as DATA.
+    pub const READ_CHUNK: usize = 64 << 10;
+    /// How often each end PINGs the other.
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+    /// How long a PING may go unanswered before the channel is declared dead.
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+}

@@ -1,0 +1,1 @@
+//! rpf's mutating admission webhook: injects the sidecar into opted-in pods.
