@@ -1,1 +1,9 @@
-//! rpf: reverse port-forward for Kubernetes (the user's command).
+//! # rpf-cli
+//!
+//! The `rpf` command: parses arguments ([`args`], [`spec`]), opens a
+//! [`channel`] to a sidecar (through a `--via` command or the cluster) and
+//! runs the CLI side of a tunnel session over it.
+
+pub mod args;
+pub mod channel;
+pub mod spec;

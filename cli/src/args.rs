@@ -1,0 +1,112 @@
+//! Command-line arguments: the only place the CLI's flags are defined.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+/// rpf: reverse port-forward for Kubernetes.
+///
+/// Like `kubectl port-forward`, in reverse (like `ssh -R`): a process in a pod
+/// connects to localhost:REMOTE and reaches HOST:LOCAL on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "rpf", version, propagate_version = true)]
+pub struct Cli {
+    /// More logging (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less logging: only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Forward ports in a pod back to this machine.
+    Attach(AttachArgs),
+    /// Add the rpf sidecar to opted-in pods and workloads in YAML manifests.
+    Inject(InjectArgs),
+}
+
+/// How to reach the sidecar through the Kubernetes API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// API port-forward to the sidecar's control port (needs pods/portforward).
+    Portforward,
+    /// API exec of `/rpf-sidecar stdio` in the sidecar container (needs pods/exec).
+    Exec,
+}
+
+/// `rpf attach`.
+#[derive(Debug, Args)]
+#[command(
+    override_usage = "rpf attach [OPTIONS] TARGET SPEC...\n       rpf attach [OPTIONS] --via COMMAND SPEC...",
+    after_help = "TARGET: NAME, pod/NAME, deploy/NAME, rs/NAME, sts/NAME, job/NAME or svc/NAME.\n\
+SPEC: REMOTE:LOCAL, REMOTE:HOST:LOCAL or REMOTE. REMOTE is the port bound in the pod,\n\
+HOST:LOCAL what rpf dials on this machine (HOST defaults to localhost).\n\n\
+Examples:\n  rpf attach pod/web 8080:80\n  rpf attach deploy/api 5432 6379:redis.local:6379\n  \
+rpf attach --via 'ip netns exec pod1 rpf-sidecar stdio' 8080:80"
+)]
+pub struct AttachArgs {
+    /// TARGET then SPEC..., or only SPEC... with --via.
+    #[arg(value_name = "TARGET|SPEC", required = true, num_args = 1..)]
+    pub args: Vec<String>,
+
+    /// Run COMMAND (with `sh -c`) and speak to `rpf-sidecar stdio` over its
+    /// stdin/stdout instead of going through a cluster.
+    #[arg(long, value_name = "COMMAND")]
+    pub via: Option<String>,
+
+    /// Namespace of the target (default: the context's namespace).
+    #[arg(short, long, env = "RPF_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// How to reach the sidecar.
+    #[arg(long, value_enum, default_value_t = Transport::Portforward)]
+    pub transport: Transport,
+
+    /// Address to bind in the pod, repeatable (default: 127.0.0.1 and ::1).
+    #[arg(long = "address", value_name = "ADDR")]
+    pub addresses: Vec<IpAddr>,
+    /// Concurrent connections allowed per forwarded port.
+    #[arg(long, value_name = "N", default_value_t = rpf_tunnel::protocol::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
+    /// Accept connections in the pod only from these peers (CIDR), repeatable.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<IpNet>,
+
+    /// Exit (non-zero) when the channel is lost instead of reconnecting.
+    #[arg(long)]
+    pub no_reconnect: bool,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `rpf inject`.
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// YAML file to read, or - for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Inject into every pod template, annotated or not.
+    #[arg(long)]
+    pub all: bool,
+    /// Sidecar image to inject.
+    #[arg(long, env = "RPF_SIDECAR_IMAGE", value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Inject as a native sidecar (Kubernetes >= 1.29).
+    #[arg(long)]
+    pub native_sidecar: bool,
+}
