@@ -1,0 +1,299 @@
+//! Helpers for the tests that drive real tools: `kubectl`, `kubectl kustomize`,
+//! a schema validator, `images/build.sh` and, when one is configured, a real
+//! cluster.
+//!
+//! Everything here shells out: the point of these tests is to run exactly
+//! what a user runs. Tools are found through an environment variable or
+//! `PATH`, and a missing tool is a test failure that says what to install,
+//! never a silent pass.
+//!
+//! Environment:
+//! - `RPF_E2E_KUBECTL`: the kubectl to use (default: `kubectl` on `PATH`).
+//! - `RPF_E2E_KUBECONFIG`: kubeconfig of the cluster for cluster tests; when
+//!   unset those tests print why they are skipped and return.
+
+use std::ffi::OsStr;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The repository root (the Cargo workspace).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_path_buf()
+}
+
+/// Finds a program: the path in `env_var` if set, else `name` on `PATH`.
+/// Panics with `install_hint` when it is nowhere to be found.
+pub fn find_tool(env_var: &str, name: &str, install_hint: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var).filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return p;
+        }
+        if let Some(found) = which(p.as_os_str()) {
+            return found;
+        }
+        panic!("{env_var}={} does not name a program", p.display());
+    }
+    which(OsStr::new(name))
+        .unwrap_or_else(|| panic!("`{name}` not found on PATH (or set {env_var}): {install_hint}"))
+}
+
+/// `PATH` lookup, like the shell's `command -v`.
+pub fn which(name: &OsStr) -> Option<PathBuf> {
+    let path = Path::new(name);
+    if path.components().count() > 1 {
+        return path.is_file().then(|| path.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Runs `cmd`, capturing its output; panics if it cannot be started.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` and returns its stdout; panics with stdout+stderr on failure.
+pub fn run(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Calls `f` every `every` until it returns `Some`, or panics after `timeout`
+/// with `what` and the last value `f` reported through `last`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut(&mut String) -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        if let Some(v) = f(&mut last) {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        thread::sleep(every);
+    }
+}
+
+/// The path of `to` relative to the directory `from` (both absolute), e.g. to
+/// reference the repository's manifests from a generated kustomization
+/// (old Kustomize versions only accept relative paths there).
+pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<Component> = from.components().collect();
+    let to: Vec<Component> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to[common..] {
+        rel.push(c.as_os_str());
+    }
+    rel
+}
+
+/// A kubectl bound to one kubeconfig (or to none, for offline commands such
+/// as `kubectl kustomize`).
+#[derive(Clone, Debug)]
+pub struct Kubectl {
+    /// The kubectl program.
+    pub bin: PathBuf,
+    /// Passed as `KUBECONFIG` when set.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Kubectl {
+    /// kubectl from `RPF_E2E_KUBECTL` or `PATH`, without a cluster.
+    pub fn offline() -> Self {
+        Kubectl {
+            bin: find_tool(
+                "RPF_E2E_KUBECTL",
+                "kubectl",
+                "install kubectl (https://kubernetes.io/docs/tasks/tools/)",
+            ),
+            kubeconfig: None,
+        }
+    }
+
+    /// kubectl for the cluster in `RPF_E2E_KUBECONFIG`, or `None` (after
+    /// printing why the caller is skipped) when that variable is unset.
+    pub fn for_cluster(test: &str) -> Option<Self> {
+        match std::env::var_os("RPF_E2E_KUBECONFIG").filter(|v| !v.is_empty()) {
+            None => {
+                eprintln!("{test}: skipped: RPF_E2E_KUBECONFIG not set");
+                None
+            }
+            Some(kc) => {
+                let kc = PathBuf::from(kc);
+                assert!(
+                    kc.is_file(),
+                    "RPF_E2E_KUBECONFIG={} is not a file",
+                    kc.display()
+                );
+                Some(Kubectl {
+                    kubeconfig: Some(kc),
+                    ..Kubectl::offline()
+                })
+            }
+        }
+    }
+
+    /// A `kubectl ARGS...` command, ready to run.
+    pub fn cmd<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut c = Command::new(&self.bin);
+        if let Some(kc) = &self.kubeconfig {
+            c.env("KUBECONFIG", kc);
+        }
+        c.args(args);
+        c
+    }
+
+    /// Runs `kubectl ARGS...`, panics on failure, returns stdout.
+    pub fn run<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run(&mut self.cmd(args))
+    }
+
+    /// Runs `kubectl ARGS...` and returns stdout, or stderr as the error.
+    pub fn try_run<I, S>(&self, args: I) -> Result<String, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = output(&mut self.cmd(args));
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// `kubectl kustomize DIR`: the rendered YAML (deprecation warnings, which
+    /// current kubectl prints on stderr, are ignored).
+    pub fn kustomize(&self, dir: &Path) -> String {
+        self.run([OsStr::new("kustomize"), dir.as_os_str()])
+    }
+
+    /// The server's minor version, e.g. 20 for v1.20.2.
+    pub fn server_minor(&self) -> u32 {
+        let v = self.run(["version", "-o", "json"]);
+        // "serverVersion": { "major": "1", "minor": "20", ... }; the minor
+        // may carry a suffix such as "20+" on managed clusters.
+        let server = v
+            .split("\"serverVersion\"")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no serverVersion in `kubectl version -o json`: {v}"));
+        let minor = server
+            .split("\"minor\"")
+            .nth(1)
+            .and_then(|s| s.split('"').nth(1))
+            .unwrap_or_else(|| panic!("no minor in serverVersion: {server}"));
+        minor
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap_or_else(|e| panic!("bad server minor version {minor:?}: {e}"))
+    }
+}
+
+/// The workspace version from the root `Cargo.toml` (`[workspace.package]`).
+pub fn workspace_version() -> String {
+    let toml = std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("read Cargo.toml");
+    let section = toml
+        .split("[workspace.package]")
+        .nth(1)
+        .expect("[workspace.package] in Cargo.toml");
+    section
+        .lines()
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "version").then(|| v.trim().trim_matches('"').to_owned())
+        })
+        .expect("version in [workspace.package]")
+}
+
+/// The image references set in `manifests/base/images.env`:
+/// `(sidecar, webhook)`, e.g. `ghcr.io/rpf-dev/rpf-sidecar:0.1.0`.
+pub fn images_env() -> (String, String) {
+    let path = repo_root().join("manifests/base/images.env");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key} missing in {}", path.display()))
+            .trim()
+            .to_owned()
+    };
+    (get("RPF_SIDECAR_IMAGE"), get("RPF_WEBHOOK_IMAGE"))
+}
+
+/// `repo:tag` with the tag replaced.
+pub fn with_tag(image: &str, tag: &str) -> String {
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    let repo = match image[slash..].rfind(':') {
+        Some(i) => &image[..slash + i],
+        None => image,
+    };
+    format!("{repo}:{tag}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative_path(Path::new("/a/b/c"), Path::new("/a/x")),
+            PathBuf::from("../../x")
+        );
+        assert_eq!(
+            relative_path(Path::new("/a"), Path::new("/a/m/n")),
+            PathBuf::from("m/n")
+        );
+    }
+
+    #[test]
+    fn tags() {
+        assert_eq!(with_tag("ghcr.io/a/b:1.0", "e2e"), "ghcr.io/a/b:e2e");
+        assert_eq!(with_tag("localhost:5000/b", "x"), "localhost:5000/b:x");
+        assert_eq!(with_tag("b", "x"), "b:x");
+    }
+
+    #[test]
+    fn images_env_matches_workspace_version() {
+        let v = workspace_version();
+        let (sidecar, webhook) = images_env();
+        assert!(sidecar.ends_with(&format!(":{v}")), "{sidecar} vs {v}");
+        assert!(webhook.ends_with(&format!(":{v}")), "{webhook} vs {v}");
+    }
+}
