@@ -6,4 +6,5 @@
 
 pub mod args;
 pub mod channel;
+pub mod cluster;
 pub mod spec;

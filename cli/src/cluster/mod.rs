@@ -1,0 +1,279 @@
+//! The cluster side of `rpf attach`: from (kubeconfig, TARGET, transport)
+//! to an open [`Channel`] to the target pod's sidecar.
+//!
+//! [`ClusterSource`] is what the attach loop holds: it is built once
+//! (kubeconfig loaded, TARGET parsed) and asked for a channel on every
+//! (re)connect. Each [`ClusterSource::open`] resolves the target again, so a
+//! workload whose pod was replaced is followed to the new pod; checks the
+//! pod before dialing ([`preflight`]) so that the user reads why a pod
+//! cannot be reached; and then opens the transport ([`portforward`] or
+//! [`exec`]). Every failure is a [`ClusterError`] that knows whether
+//! waiting can help, and becomes a retryable or fatal
+//! [`OpenError`].
+//!
+//! Only the API server is ever contacted: no node or pod address needs to
+//! be reachable from the user's machine.
+
+pub mod error;
+pub mod exec;
+pub mod portforward;
+pub mod preflight;
+pub mod target;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use rpf_tunnel::protocol::{SIDECAR_BINARY_PATH, SIDECAR_CONTAINER};
+
+use crate::args::{AttachArgs, Transport};
+use crate::channel::{Channel, OpenError, Place};
+pub use error::ClusterError;
+use error::{ApiFailure, Permission};
+pub use target::{Kind, Target};
+
+/// How long resolving and checking a target may take before the API server
+/// counts as unreachable (the stream itself has no time limit).
+pub const API_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long establishing a TCP connection to the API server may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes sure exactly one rustls crypto provider is in use: ring, the one
+/// kube is built with. Harmless when a provider is already installed.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A cluster and a target in it: opens channels to the target's sidecar.
+pub struct ClusterSource {
+    client: Client,
+    namespace: String,
+    target: Target,
+    transport: Transport,
+}
+
+impl std::fmt::Debug for ClusterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSource")
+            .field("namespace", &self.namespace)
+            .field("target", &self.target)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the client configuration like kubectl: `--kubeconfig`, else
+/// `$KUBECONFIG`, else `~/.kube/config`; `--context` or the current
+/// context; in a pod without any kubeconfig, the in-cluster service account.
+async fn load_config(args: &AttachArgs) -> Result<Config, ClusterError> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        cluster: None,
+        user: None,
+    };
+    let config_error = |e: &dyn std::fmt::Display| ClusterError::Config(e.to_string());
+    let mut config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| ClusterError::Config(format!("{}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| config_error(&e))?
+        }
+        None => match Config::from_kubeconfig(&options).await {
+            Ok(config) => config,
+            Err(kubeconfig_error) => {
+                let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+                let explicit = args.context.is_some() || std::env::var_os("KUBECONFIG").is_some();
+                match (in_pod && !explicit).then(Config::incluster) {
+                    Some(Ok(config)) => config,
+                    _ => return Err(config_error(&kubeconfig_error)),
+                }
+            }
+        },
+    };
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    Ok(config)
+}
+
+impl ClusterSource {
+    /// Builds the kube client (`--kubeconfig` or `$KUBECONFIG` or
+    /// `~/.kube/config`, `--context`, `-n` defaulting to the context's
+    /// namespace, in-cluster config, the exec/auth-provider credentials kube
+    /// supports) and parses TARGET.
+    pub async fn new(args: &AttachArgs, target: &str) -> Result<Self, OpenError> {
+        install_crypto_provider();
+        let target = Target::parse(target)?;
+        let config = load_config(args).await?;
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))?;
+        Ok(Self {
+            client,
+            namespace,
+            target,
+            transport: args.transport,
+        })
+    }
+
+    /// A source for an existing client (tests, embedding).
+    pub fn with_client(
+        client: Client,
+        namespace: &str,
+        target: Target,
+        transport: Transport,
+    ) -> Self {
+        Self {
+            client,
+            namespace: namespace.to_owned(),
+            target,
+            transport,
+        }
+    }
+
+    /// The namespace the target is looked up in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The parsed target.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// e.g. `deployment/web in namespace default`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} in namespace {}", self.target, self.namespace)
+    }
+
+    /// Resolves the target to a pod (again on every call for workload
+    /// targets, so a replaced pod is found), checks it (running, sidecar
+    /// present and ready, RBAC) and opens a channel with the chosen
+    /// transport.
+    pub async fn open(&mut self) -> Result<Channel, OpenError> {
+        let pod = tokio::time::timeout(API_TIMEOUT, self.resolve())
+            .await
+            .map_err(|_| {
+                ClusterError::Unreachable(format!(
+                    "no answer within {} s while looking up {}",
+                    API_TIMEOUT.as_secs(),
+                    self.describe()
+                ))
+            })??;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        tracing::debug!(pod = %name, namespace = %self.namespace, transport = ?self.transport, "opening channel");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let place = Place::Pod {
+            namespace: self.namespace.clone(),
+            name: name.clone(),
+        };
+        let opened = match self.transport {
+            Transport::Portforward => {
+                let port = preflight::control_port(&pod)?;
+                tokio::time::timeout(API_TIMEOUT, portforward::open(&pods, &name, port))
+                    .await
+                    .map(|r| {
+                        r.map(|(io, guard)| Channel {
+                            io: Box::new(io),
+                            place,
+                            guard: Some(Box::new(guard)),
+                        })
+                    })
+            }
+            Transport::Exec => {
+                let command = [SIDECAR_BINARY_PATH, "stdio"];
+                tokio::time::timeout(
+                    API_TIMEOUT,
+                    exec::open(&pods, &name, SIDECAR_CONTAINER, &command),
+                )
+                .await
+                .map(|r| {
+                    r.map(|(io, guard)| Channel {
+                        io: Box::new(io),
+                        place,
+                        guard: Some(Box::new(guard)),
+                    })
+                })
+            }
+        };
+        match opened {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(e)) => Err(self.upgrade_error(e, &name).await.into()),
+            Err(_) => Err(ClusterError::Upgrade {
+                transport: self.transport_name(),
+                namespace: self.namespace.clone(),
+                name,
+                reason: format!("no answer within {} s", API_TIMEOUT.as_secs()),
+                retryable: true,
+            }
+            .into()),
+        }
+    }
+
+    async fn resolve(&self) -> Result<Pod, ClusterError> {
+        let pod = target::resolve(&self.client, &self.target, &self.namespace).await?;
+        preflight::check_pod(&pod)?;
+        Ok(pod)
+    }
+
+    fn transport_name(&self) -> &'static str {
+        match self.transport {
+            Transport::Portforward => "port-forward",
+            Transport::Exec => "exec",
+        }
+    }
+
+    /// The subresource the transport needs.
+    fn needed(&self) -> &'static str {
+        match self.transport {
+            Transport::Portforward => "pods/portforward",
+            Transport::Exec => "pods/exec",
+        }
+    }
+
+    /// Explains a refused or failed upgrade. On 403 a
+    /// SelfSubjectAccessReview names exactly what is missing (API servers
+    /// check `get` for WebSocket upgrades and, newer ones, `create` too).
+    async fn upgrade_error(&self, error: kube::Error, pod: &str) -> ClusterError {
+        let message = error::api_message(&error);
+        let failure = error::classify(&error);
+        tracing::debug!(%message, ?failure, "upgrade failed");
+        let upgrade = |reason: String, retryable: bool| ClusterError::Upgrade {
+            transport: self.transport_name(),
+            namespace: self.namespace.clone(),
+            name: pod.to_owned(),
+            reason,
+            retryable,
+        };
+        match failure {
+            ApiFailure::Forbidden => {
+                let wanted = [
+                    Permission::new("create", self.needed()),
+                    Permission::new("get", self.needed()),
+                ];
+                let missing =
+                    preflight::missing_permissions(&self.client, &self.namespace, pod, &wanted)
+                        .await;
+                let missing = match missing {
+                    Some(m) if !m.is_empty() => m,
+                    // The review could not tell: name what the transport needs.
+                    _ => vec![wanted[0].clone()],
+                };
+                ClusterError::Forbidden {
+                    missing,
+                    namespace: self.namespace.clone(),
+                    server: Some(message),
+                }
+            }
+            ApiFailure::Unauthorized => ClusterError::Unauthorized(message),
+            // Gone between lookup and upgrade: the next attempt re-resolves.
+            ApiFailure::NotFound => upgrade(format!("the pod is gone ({message})"), true),
+            // The kubelet answers 400/500 while a container (re)starts.
+            ApiFailure::Transient | ApiFailure::Other => upgrade(message, true),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Checks made before a channel is opened, so that the user hears "the
+//! sidecar is not ready (waiting: CrashLoopBackOff)" or "you may not create
+//! pods/portforward" instead of a bare `failed to switch protocol: 403`.
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use rpf_tunnel::protocol::{annotations, DEFAULT_CONTROL_PORT, SIDECAR_CONTAINER};
+
+use crate::cluster::error::{ClusterError, Permission};
+
+fn name_ns(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Whether the pod carries the sidecar: a container named `rpf-sidecar`,
+/// or a native sidecar (an init container of that name with
+/// `restartPolicy: Always`).
+pub fn has_sidecar(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.containers.iter().any(|c| c.name == SIDECAR_CONTAINER)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == SIDECAR_CONTAINER && c.restart_policy.as_deref() == Some("Always"))
+}
+
+fn sidecar_status(pod: &Pod) -> Option<&ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == SIDECAR_CONTAINER)
+}
+
+/// The state of a container in the words `kubectl get pod` would use.
+fn describe_state(status: Option<&ContainerStatus>) -> String {
+    let Some(status) = status else {
+        return "no status reported yet".to_owned();
+    };
+    let Some(state) = status.state.as_ref() else {
+        return "no state reported yet".to_owned();
+    };
+    if let Some(w) = &state.waiting {
+        let reason = w.reason.as_deref().unwrap_or("waiting");
+        match w.message.as_deref() {
+            Some(m) if !m.is_empty() => format!("waiting: {reason}: {m}"),
+            _ => format!("waiting: {reason}"),
+        }
+    } else if let Some(t) = &state.terminated {
+        format!(
+            "terminated: {} (exit code {})",
+            t.reason.as_deref().unwrap_or("terminated"),
+            t.exit_code
+        )
+    } else if state.running.is_some() {
+        if status.restart_count > 0 {
+            format!("running but not ready, {} restarts", status.restart_count)
+        } else {
+            "running but not ready".to_owned()
+        }
+    } else {
+        "unknown state".to_owned()
+    }
+}
+
+/// Checks that the pod can take a channel now: running, not being deleted,
+/// sidecar container ready.
+pub fn check_pod(pod: &Pod) -> Result<(), ClusterError> {
+    let (namespace, name) = name_ns(pod);
+    if !has_sidecar(pod) {
+        return Err(ClusterError::NoSidecar {
+            kind: crate::cluster::target::Kind::Pod,
+            name: name.clone(),
+            namespace,
+            pods: vec![name],
+        });
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err(ClusterError::Terminating { namespace, name });
+    }
+    let status = pod.status.as_ref();
+    let phase = status
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "Pending".to_owned());
+    if phase != "Running" {
+        let reason = status.and_then(|s| s.reason.clone().or_else(|| s.message.clone()));
+        let detail = match (phase.as_str(), reason) {
+            (_, Some(r)) => format!(": {r}"),
+            ("Pending", None) => format!(", rpf-sidecar {}", describe_state(sidecar_status(pod))),
+            _ => String::new(),
+        };
+        return Err(ClusterError::NotRunning {
+            namespace,
+            name,
+            retryable: matches!(phase.as_str(), "Pending" | "Unknown"),
+            phase,
+            detail,
+        });
+    }
+    let sidecar = sidecar_status(pod);
+    if !sidecar.is_some_and(|s| s.ready) {
+        return Err(ClusterError::SidecarNotReady {
+            namespace,
+            name,
+            state: describe_state(sidecar),
+        });
+    }
+    Ok(())
+}
+
+/// The sidecar's control port: the pod annotation, or the default.
+pub fn control_port(pod: &Pod) -> Result<u16, ClusterError> {
+    let value = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::CONTROL_PORT));
+    match value {
+        None => Ok(DEFAULT_CONTROL_PORT),
+        Some(v) => match v.trim().parse::<u16>() {
+            Ok(port) if port != 0 => Ok(port),
+            _ => {
+                let (namespace, name) = name_ns(pod);
+                Err(ClusterError::BadControlPort {
+                    namespace,
+                    name,
+                    annotation: annotations::CONTROL_PORT,
+                    value: v.clone(),
+                })
+            }
+        },
+    }
+}
+
+/// Asks the API server (SelfSubjectAccessReview) which of `wanted` the
+/// current user lacks on pod `name`. `None` when the question itself
+/// could not be answered.
+pub async fn missing_permissions(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    wanted: &[Permission],
+) -> Option<Vec<Permission>> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for permission in wanted {
+        let (resource, subresource) = match permission.resource.split_once('/') {
+            Some((r, s)) => (r.to_owned(), Some(s.to_owned())),
+            None => (permission.resource.clone(), None),
+        };
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_owned()),
+                    verb: Some(permission.verb.clone()),
+                    resource: Some(resource),
+                    subresource,
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &review).await {
+            Ok(answer) => {
+                if !answer.status.is_some_and(|s| s.allowed) {
+                    missing.push(permission.clone());
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "SelfSubjectAccessReview failed");
+                return None;
+            }
+        }
+    }
+    Some(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerState, ContainerStateRunning, ContainerStateWaiting, PodSpec, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::collections::BTreeMap;
+
+    fn pod(phase: &str, sidecar_ready: bool, waiting: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("web-1".into()),
+                namespace: Some("dev".into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![
+                    Container {
+                        name: "app".into(),
+                        ..Default::default()
+                    },
+                    Container {
+                        name: SIDECAR_CONTAINER.into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: SIDECAR_CONTAINER.into(),
+                    ready: sidecar_ready,
+                    state: Some(ContainerState {
+                        waiting: waiting.map(|r| ContainerStateWaiting {
+                            reason: Some(r.into()),
+                            message: None,
+                        }),
+                        running: waiting.is_none().then(ContainerStateRunning::default),
+                        terminated: None,
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn sidecar_presence_classic_and_native() {
+        let mut p = pod("Running", true, None);
+        assert!(has_sidecar(&p));
+        let spec = p.spec.as_mut().unwrap();
+        let mut sidecar = spec.containers.pop().unwrap();
+        assert!(!has_sidecar(&p));
+        // An ordinary init container of that name is not a sidecar.
+        p.spec.as_mut().unwrap().init_containers = Some(vec![sidecar.clone()]);
+        assert!(!has_sidecar(&p));
+        sidecar.restart_policy = Some("Always".into());
+        p.spec.as_mut().unwrap().init_containers = Some(vec![sidecar]);
+        assert!(has_sidecar(&p));
+        assert!(!has_sidecar(&Pod::default()));
+    }
+
+    #[test]
+    fn pod_checks_say_phase_and_state() {
+        assert!(check_pod(&pod("Running", true, None)).is_ok());
+
+        let e = check_pod(&pod("Running", false, Some("CrashLoopBackOff"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the rpf-sidecar container of pod dev/web-1 is not ready (waiting: CrashLoopBackOff)"
+        );
+        assert!(e.is_retryable());
+
+        let e = check_pod(&pod("Running", false, None)).unwrap_err();
+        assert!(e.to_string().ends_with("(running but not ready)"), "{e}");
+
+        let e = check_pod(&pod("Pending", false, Some("ContainerCreating"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pod dev/web-1 is not running (phase Pending, rpf-sidecar waiting: ContainerCreating)"
+        );
+        assert!(e.is_retryable());
+
+        let mut failed = pod("Failed", false, None);
+        failed.status.as_mut().unwrap().reason = Some("Evicted".into());
+        let e = check_pod(&failed).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pod dev/web-1 is not running (phase Failed: Evicted)"
+        );
+        assert!(!e.is_retryable());
+
+        let e = check_pod(&pod("Succeeded", false, None)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pod dev/web-1 is not running (phase Succeeded)"
+        );
+
+        let mut deleting = pod("Running", true, None);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let e = check_pod(&deleting).unwrap_err();
+        assert_eq!(e.to_string(), "pod dev/web-1 is terminating");
+        assert!(e.is_retryable());
+
+        let mut bare = pod("Running", true, None);
+        bare.spec.as_mut().unwrap().containers.pop();
+        let e = check_pod(&bare).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("pod dev/web-1 has no rpf-sidecar container"),
+            "{e}"
+        );
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn control_port_from_annotation() {
+        let mut p = pod("Running", true, None);
+        assert_eq!(control_port(&p).unwrap(), DEFAULT_CONTROL_PORT);
+        p.metadata.annotations = Some(BTreeMap::from([(
+            annotations::CONTROL_PORT.to_owned(),
+            "5000".to_owned(),
+        )]));
+        assert_eq!(control_port(&p).unwrap(), 5000);
+        for bad in ["0", "x", "70000", ""] {
+            p.metadata.annotations = Some(BTreeMap::from([(
+                annotations::CONTROL_PORT.to_owned(),
+                bad.to_owned(),
+            )]));
+            let e = control_port(&p).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "pod dev/web-1: annotation rpf.dev/control-port is {bad:?}, not a port number"
+                )
+            );
+        }
+    }
+}
