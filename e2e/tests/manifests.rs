@@ -126,7 +126,16 @@ fn objects(yaml: &str) -> BTreeSet<(String, String)> {
                 }
             }
         }
-        if let (Some(a), Some(k), Some(n)) = (api, kind, name) {
+        if let (Some(a), Some(k), Some(mut n)) = (api, kind, name) {
+            // Generated ConfigMaps end in a content hash, computed differently
+            // by different Kustomize versions: compare them without it.
+            if k == "ConfigMap" {
+                if let Some((stem, hash)) = n.rsplit_once('-') {
+                    if hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        n = stem.to_owned();
+                    }
+                }
+            }
             out.insert((format!("{a} {k}"), n));
         }
     }
