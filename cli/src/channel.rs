@@ -47,7 +47,9 @@ pub struct Channel {
 
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Channel").field("place", &self.place).finish()
+        f.debug_struct("Channel")
+            .field("place", &self.place)
+            .finish()
     }
 }
 
@@ -65,11 +67,17 @@ pub struct OpenError {
 impl OpenError {
     /// An error that retrying may fix.
     pub fn retryable(error: impl Into<anyhow::Error>) -> Self {
-        Self { retryable: true, error: error.into() }
+        Self {
+            retryable: true,
+            error: error.into(),
+        }
     }
 
     /// An error only the user can fix.
     pub fn fatal(error: impl Into<anyhow::Error>) -> Self {
-        Self { retryable: false, error: error.into() }
+        Self {
+            retryable: false,
+            error: error.into(),
+        }
     }
 }

@@ -1,1 +1,5 @@
-fn main() {}
+//! `rpf`: reverse port-forward for Kubernetes.
+
+fn main() -> std::process::ExitCode {
+    rpf_cli::main()
+}

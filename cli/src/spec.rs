@@ -56,7 +56,11 @@ impl PortSpec {
         }
         let (remote, host, local) = match split_spec(spec) {
             Some(parts) => parts,
-            None => return Err(shape("too many ':' (write IPv6 hosts in brackets, e.g. 8080:[::1]:80)")),
+            None => {
+                return Err(shape(
+                    "too many ':' (write IPv6 hosts in brackets, e.g. 8080:[::1]:80)",
+                ))
+            }
         };
         let remote_port = parse_port(spec, "remote", remote)?;
         let local_port = match local {
@@ -185,7 +189,13 @@ mod tests {
 
     #[test]
     fn displays_like_it_was_typed() {
-        assert_eq!(PortSpec::parse("8080:[::1]:80").unwrap().to_string(), "8080:[::1]:80");
-        assert_eq!(PortSpec::parse("9000").unwrap().local_display(), "localhost:9000");
+        assert_eq!(
+            PortSpec::parse("8080:[::1]:80").unwrap().to_string(),
+            "8080:[::1]:80"
+        );
+        assert_eq!(
+            PortSpec::parse("9000").unwrap().local_display(),
+            "localhost:9000"
+        );
     }
 }

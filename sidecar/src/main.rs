@@ -1,1 +1,116 @@
-fn main() {}
+//! `rpf-sidecar`: parses arguments and runs the sidecar library.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rpf_tunnel::metrics::{spawn_endpoint, Metrics, Side};
+use rpf_tunnel::protocol::DEFAULT_CONTROL_PORT;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// The in-pod half of rpf: binds reverse ports in the pod and carries their
+/// connections to `rpf attach`.
+#[derive(Debug, Parser)]
+#[command(name = "rpf-sidecar", version)]
+struct Cli {
+    /// More logging (-v: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long, global = true, value_name = "ADDR", env = "RPF_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Accept CLI sessions on a control port (reached through port-forward).
+    Serve {
+        /// Address of the control port; keep it on loopback.
+        #[arg(long, value_name = "ADDR", env = "RPF_CONTROL_ADDR",
+              default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_CONTROL_PORT)))]
+        control_addr: SocketAddr,
+    },
+    /// Run one session over stdin/stdout (exec transport, `rpf attach --via`).
+    Stdio,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => tracing::Level::WARN,
+        (false, 0) => tracing::Level::INFO,
+        (false, 1) => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rpf-sidecar: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let metrics = Metrics::new(Side::Sidecar);
+    if let Some(addr) = cli.metrics_addr {
+        let bound = spawn_endpoint(metrics.clone(), addr, shutdown.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!("metrics on http://{bound}/metrics");
+    }
+    let config = rpf_sidecar::config_from_env();
+    match cli.command {
+        Command::Serve { control_addr } => {
+            let listener = tokio::net::TcpListener::bind(control_addr)
+                .await
+                .with_context(|| format!("cannot bind the control port {control_addr} (set the pod annotation rpf.dev/control-port to another port)"))?;
+            info!(
+                "rpf-sidecar {} listening on {control_addr}",
+                rpf_tunnel::protocol::SOFTWARE_VERSION
+            );
+            rpf_sidecar::serve(listener, config, metrics, shutdown).await;
+            Ok(())
+        }
+        Command::Stdio => {
+            let end = rpf_sidecar::stdio(config, metrics, shutdown).await?;
+            info!("session ended: {}", rpf_sidecar::describe_end(&end));
+            Ok(())
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    shutdown.cancel();
+}

@@ -1,10 +1,28 @@
 //! # rpf-tunnel
 //!
-//! The data plane of rpf, shared by both ends: the wire protocol
-//! ([`protocol`]), the sidecar's side of a session, the CLI's side of a
-//! session, and the byte pumps between TCP sockets and HTTP/2 streams.
+//! The data plane of rpf, shared by both ends. It knows nothing about
+//! Kubernetes: a session runs over any full-duplex byte stream (a
+//! port-forward, an exec, a pipe to a `--via` command).
 //!
-//! It knows nothing about Kubernetes: a session runs over any full-duplex
-//! byte stream (a port-forward, an exec, a pipe to a `--via` command).
+//! # Layout
+//! - [`protocol`]: names and numbers every rpf binary shares.
+//! - [`message`]: control messages on the session stream and their framing.
+//! - [`http2`]: HTTP/2 settings for both ends, and the keepalive.
+//! - [`control`]: the session stream as typed messages.
+//! - [`pump`]: TCP connection ⇄ HTTP/2 stream, with TCP's half-close and abort.
+//! - [`sidecar_side`]: the sidecar's end of a session (HTTP/2 client).
+//! - [`cli_side`]: the CLI's end of a session (HTTP/2 server).
+//! - [`metrics`]: Prometheus metrics for both ends and their endpoint.
+//! - [`net`]: dialing and error wording.
+//! - [`error`]: session errors.
 
+pub mod cli_side;
+pub mod control;
+pub mod error;
+pub mod http2;
+pub mod message;
+pub mod metrics;
+pub mod net;
 pub mod protocol;
+pub mod pump;
+pub mod sidecar_side;

@@ -70,3 +70,21 @@ pub mod tuning {
     /// How long a PING may go unanswered before the channel is declared dead.
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 }
+
+/// HTTP/2 request paths and header names of the tunnel.
+pub mod wire {
+    /// URI of the session stream (the sidecar opens one per channel).
+    pub const SESSION_URI: &str = "http://rpf.tunnel/rpf/session";
+    /// Path of [`SESSION_URI`].
+    pub const SESSION_PATH: &str = "/rpf/session";
+    /// URI of a connection stream (one per tunneled TCP connection).
+    pub const CONNECT_URI: &str = "http://rpf.tunnel/rpf/connect";
+    /// Path of [`CONNECT_URI`].
+    pub const CONNECT_PATH: &str = "/rpf/connect";
+    /// Connection stream header: the CLI's id of the listener that accepted.
+    pub const LISTENER_HEADER: &str = "rpf-listener";
+    /// Connection stream header: the pod-side peer address.
+    pub const PEER_HEADER: &str = "rpf-peer";
+    /// Response header: why the CLI refused a connection.
+    pub const ERROR_HEADER: &str = "rpf-error";
+}

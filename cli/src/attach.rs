@@ -1,0 +1,263 @@
+//! `rpf attach`: open a channel, run a session, print where each port is
+//! forwarded, and come back when the channel is lost.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rpf_tunnel::cli_side::{default_bind_addrs, establish, CliConfig, Established, Forward};
+use rpf_tunnel::error::SessionError;
+use rpf_tunnel::message::{BindAddr, BoundListener};
+use rpf_tunnel::metrics::{spawn_endpoint, Metrics, Side};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::args::AttachArgs;
+use crate::channel::{Channel, OpenError, Place};
+use crate::spec::PortSpec;
+use crate::via::ViaSource;
+
+/// Where channels come from.
+#[derive(Debug)]
+pub enum Source {
+    /// A `--via` command.
+    Via(ViaSource),
+    /// A pod, through the API server.
+    Cluster(Box<crate::cluster::ClusterSource>),
+}
+
+impl Source {
+    async fn open(&mut self) -> Result<Channel, OpenError> {
+        match self {
+            Source::Via(v) => v.open().await,
+            Source::Cluster(c) => c.open().await,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::Via(v) => v.describe(),
+            Source::Cluster(c) => c.describe(),
+        }
+    }
+}
+
+/// Runs `rpf attach` until Ctrl-C (`Ok`) or a failure it cannot recover
+/// from (`Err`, printed as `error: ...`).
+pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (target, specs) = match &args.via {
+        Some(_) => (None, &args.args[..]),
+        None => (Some(args.args[0].as_str()), &args.args[1..]),
+    };
+    if specs.is_empty() {
+        match target {
+            Some(t) => bail!("no port spec after {t:?}: give at least one REMOTE[:[HOST:]LOCAL], e.g. `rpf attach {t} 8080:80`"),
+            None => bail!("no port spec given: e.g. `rpf attach --via '...' 8080:80`"),
+        }
+    }
+    let specs = PortSpec::parse_all(specs)?;
+    let config = CliConfig::new(forwards(&specs, &args));
+    let metrics = Metrics::new(Side::Cli);
+    if let Some(addr) = args.metrics_addr {
+        let bound = spawn_endpoint(metrics.clone(), addr, shutdown.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!("metrics on http://{bound}/metrics");
+    }
+    let mut source = match (&args.via, target) {
+        (Some(command), _) => Source::Via(ViaSource::new(command)),
+        (None, Some(target)) => Source::Cluster(Box::new(
+            crate::cluster::ClusterSource::new(&args, target)
+                .await
+                .map_err(|e| e.error)?,
+        )),
+        (None, None) => unreachable!("clap requires a target or --via"),
+    };
+    supervise(
+        &mut source,
+        &config,
+        &metrics,
+        &specs,
+        !args.no_reconnect,
+        shutdown,
+    )
+    .await
+}
+
+/// One forward per spec; ids are positions, so they are stable across
+/// reconnects.
+fn forwards(specs: &[PortSpec], args: &AttachArgs) -> Vec<Forward> {
+    let addrs = if args.addresses.is_empty() {
+        default_bind_addrs()
+    } else {
+        args.addresses
+            .iter()
+            .map(|ip| BindAddr {
+                ip: *ip,
+                required: true,
+            })
+            .collect()
+    };
+    specs
+        .iter()
+        .zip(1..)
+        .map(|(s, id)| Forward {
+            id,
+            remote_port: s.remote_port,
+            addrs: addrs.clone(),
+            max_connections: args.max_connections,
+            allow: args.allow.clone(),
+            local_host: s.local_host.clone(),
+            local_port: s.local_port,
+        })
+        .collect()
+}
+
+/// The reconnect loop. The first attempt must succeed (like `kubectl
+/// port-forward`, fail fast on a typo); after that, a lost channel is
+/// reopened with jittered exponential backoff until Ctrl-C, unless
+/// `reconnect` is off.
+async fn supervise(
+    source: &mut Source,
+    config: &CliConfig,
+    metrics: &Metrics,
+    specs: &[PortSpec],
+    reconnect: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut established_once = false;
+    let mut backoff = new_backoff();
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            attempt = connect(source, config, metrics) => attempt,
+        };
+        let (session, place, transport) = match attempt {
+            Ok(ok) => ok,
+            Err(failure) if !established_once || !failure.retryable() => {
+                return Err(failure.into_error())
+            }
+            Err(failure) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                warn!(
+                    "still reconnecting to {}: {:#} (next try in {:.1}s)",
+                    source.describe(),
+                    failure.into_error(),
+                    delay.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        if established_once {
+            eprintln!("Reconnected to {place}");
+        }
+        print_forwarding(&session.bound, specs, config, &place);
+        established_once = true;
+        backoff = new_backoff();
+        let served = session.serve(shutdown.clone()).await;
+        drop(transport);
+        match served {
+            Ok(()) => return Ok(()),
+            Err(e) if reconnect && e.is_retryable() => {
+                eprintln!("Lost connection to {place}: {e}; reconnecting");
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("lost connection to {place}")))
+            }
+        }
+    }
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Why an attempt failed, keeping whether retrying can help.
+enum Failure {
+    Open(OpenError),
+    Session(SessionError, String),
+}
+
+impl Failure {
+    fn retryable(&self) -> bool {
+        match self {
+            Failure::Open(e) => e.retryable,
+            // A bind failure right after a reconnect is usually the old
+            // session still holding the port: it clears within seconds.
+            Failure::Session(e, _) => {
+                e.is_retryable() || matches!(e, SessionError::BindFailed { .. })
+            }
+        }
+    }
+
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Failure::Open(e) => e.error,
+            Failure::Session(e, place) => session_error(e, &place),
+        }
+    }
+}
+
+/// Opens a channel and establishes a session over it.
+async fn connect(
+    source: &mut Source,
+    config: &CliConfig,
+    metrics: &Metrics,
+) -> Result<(Established, String, Option<Box<dyn Send>>), Failure> {
+    let channel = source.open().await.map_err(Failure::Open)?;
+    let Channel { io, place, guard } = channel;
+    let described = match &place {
+        Place::Pod { .. } => place.to_string(),
+        Place::Via => source.describe(),
+    };
+    let session = establish(io, config, metrics)
+        .await
+        .map_err(|e| Failure::Session(e, described.clone()))?;
+    let place = match (&place, &session.sidecar.pod, &session.sidecar.hostname) {
+        (Place::Pod { .. }, _, _) => place.to_string(),
+        (Place::Via, Some(pod), _) => format!("pod {}/{}", pod.namespace, pod.name),
+        (Place::Via, None, Some(host)) => format!("host {host}"),
+        (Place::Via, None, None) => described,
+    };
+    // The transport (child process, API connection) lives with the session.
+    Ok((session, place, guard))
+}
+
+/// Words a session failure with the place and the next step.
+fn session_error(e: SessionError, place: &str) -> anyhow::Error {
+    match e {
+        SessionError::BindFailed { addr, reason, .. } if reason.contains("in use") => anyhow::anyhow!(
+            "port {} is already in use in {place} ({addr}): pick another REMOTE port, or stop what listens there",
+            addr.port()
+        ),
+        SessionError::BindFailed { addr, reason, .. } if reason.contains("permission denied") => anyhow::anyhow!(
+            "cannot bind {addr} in {place}: permission denied: ports below 1024 need the pod annotation rpf.dev/lowest-port: \"{}\" (set before the pod is created)",
+            addr.port()
+        ),
+        SessionError::BindFailed { addr, reason, .. } => anyhow::anyhow!("cannot bind {addr} in {place}: {reason}"),
+        other => anyhow::Error::new(other).context(format!("cannot attach to {place}")),
+    }
+}
+
+fn print_forwarding(bound: &[BoundListener], specs: &[PortSpec], config: &CliConfig, place: &str) {
+    for listener in bound {
+        let Some(forward) = config.forwards.iter().find(|f| f.id == listener.id) else {
+            continue;
+        };
+        let spec = &specs[(forward.id - 1) as usize];
+        for addr in &listener.addrs {
+            println!(
+                "Forwarding from {addr} in {place} -> {}",
+                spec.local_display()
+            );
+        }
+    }
+}

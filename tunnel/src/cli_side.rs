@@ -1,0 +1,495 @@
+//! The CLI's end of a session: the HTTP/2 server.
+//!
+//! [`establish`] runs the handshake (HTTP/2, hellos, binding) and returns
+//! once every listener is bound, so the caller can print `Forwarding from`
+//! lines; [`Established::serve`] then carries connections until the session
+//! ends. The sidecar is untrusted: a connection stream only names a
+//! listener id, the CLI dials what its own [`Forward`] says, and the
+//! limits and allow list are enforced here as well as in the pod.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Request, Response, StatusCode};
+use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::control::{ControlReader, ControlWriter};
+use crate::error::{version_mismatch, Role, SessionError};
+use crate::http2::{self, KeepaliveEnd, HANDSHAKE_TIMEOUT};
+use crate::message::{BindAddr, BoundListener, ListenerSpec, Message, PodRef, RejectReason};
+use crate::metrics::{ErrorType, Metrics};
+use crate::net::{canonical_ip, describe_io_error, dial};
+use crate::protocol::{tuning, wire, PROTOCOL_VERSION};
+use crate::pump::{splice, Meters, PumpError};
+
+/// One reverse port forward, as the user asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Listener id, unique within the session.
+    pub id: u32,
+    /// Port bound in the pod.
+    pub remote_port: u16,
+    /// Addresses bound in the pod.
+    pub addrs: Vec<BindAddr>,
+    /// Concurrent connections allowed.
+    pub max_connections: u32,
+    /// Pod-side peers allowed (empty: all).
+    pub allow: Vec<IpNet>,
+    /// Host dialed on this side.
+    pub local_host: String,
+    /// Port dialed on this side.
+    pub local_port: u16,
+}
+
+/// Session settings on the CLI side.
+#[derive(Debug, Clone)]
+pub struct CliConfig {
+    /// The forwards to set up.
+    pub forwards: Vec<Forward>,
+    /// PING interval and timeout.
+    pub keepalive: (Duration, Duration),
+}
+
+impl CliConfig {
+    /// Settings with the default keepalive.
+    pub fn new(forwards: Vec<Forward>) -> Self {
+        Self {
+            forwards,
+            keepalive: (tuning::KEEPALIVE_INTERVAL, tuning::KEEPALIVE_TIMEOUT),
+        }
+    }
+}
+
+/// What the sidecar said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarInfo {
+    /// Its rpf release.
+    pub software: String,
+    /// Its pod, when it knows it.
+    pub pod: Option<PodRef>,
+    /// Its host name.
+    pub hostname: Option<String>,
+}
+
+/// A session whose listeners are all bound.
+pub struct Established {
+    /// Who answered.
+    pub sidecar: SidecarInfo,
+    /// Where each forward is bound in the pod.
+    pub bound: Vec<BoundListener>,
+    ctl_in: ControlReader,
+    ctl_out: ControlWriter,
+    driver: JoinHandle<Result<(), h2::Error>>,
+    stop_driver: Option<oneshot::Sender<()>>,
+    pings: h2::PingPong,
+    state: Arc<State>,
+    keepalive: (Duration, Duration),
+}
+
+impl std::fmt::Debug for Established {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Established")
+            .field("sidecar", &self.sidecar)
+            .field("bound", &self.bound)
+            .finish()
+    }
+}
+
+/// Shared by the connection handlers of one session.
+struct State {
+    forwards: HashMap<u32, (Forward, AtomicU32)>,
+    metrics: Metrics,
+    /// Fires when the session ends: open connections are reset.
+    ended: CancellationToken,
+}
+
+/// Runs the handshake over `io` and binds every forward.
+pub async fn establish<T>(
+    io: T,
+    config: &CliConfig,
+    metrics: &Metrics,
+) -> Result<Established, SessionError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max_streams = config
+        .forwards
+        .iter()
+        .map(|f| f.max_connections)
+        .fold(16u32, u32::saturating_add);
+    let mut conn =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, http2::server_handshake(io, max_streams))
+            .await
+            .map_err(|_| {
+                SessionError::Timeout(HANDSHAKE_TIMEOUT, "the sidecar's HTTP/2 handshake")
+            })?
+            .map_err(handshake_error)?;
+    let pings = conn.ping_pong().expect("ping_pong is taken once");
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept())
+        .await
+        .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT, "the sidecar's session stream"))?;
+    let (request, mut respond) = match first {
+        Some(Ok(pair)) => pair,
+        Some(Err(e)) => return Err(handshake_error(e)),
+        None => {
+            return Err(SessionError::Lost(
+                "the sidecar closed the channel before opening a session".into(),
+            ))
+        }
+    };
+    if request.uri().path() != wire::SESSION_PATH {
+        return Err(SessionError::Protocol(format!(
+            "expected the session stream first, got {}",
+            request.uri().path()
+        )));
+    }
+
+    let state = Arc::new(State {
+        forwards: config
+            .forwards
+            .iter()
+            .map(|f| (f.id, (f.clone(), AtomicU32::new(0))))
+            .collect(),
+        metrics: metrics.clone(),
+        ended: CancellationToken::new(),
+    });
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let driver = tokio::spawn(drive(conn, state.clone(), stop_rx));
+
+    let send = respond
+        .send_response(Response::new(()), false)
+        .map_err(SessionError::lost)?;
+    let mut ctl_out = ControlWriter::new(send);
+    let mut ctl_in = ControlReader::new(request.into_body());
+    let step = |what| SessionError::Timeout(HANDSHAKE_TIMEOUT, what);
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, ctl_in.next())
+        .await
+        .map_err(|_| step("the sidecar's hello"))??;
+    let sidecar = match hello {
+        Some(Message::Hello {
+            protocol,
+            software,
+            pod,
+            hostname,
+        }) => {
+            if protocol != PROTOCOL_VERSION {
+                let msg = version_mismatch(PROTOCOL_VERSION, protocol, &software, Role::Cli);
+                ctl_out.finish(&Message::Error {
+                    message: msg.clone(),
+                });
+                let _ = stop_tx.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+                return Err(SessionError::VersionMismatch(msg));
+            }
+            SidecarInfo {
+                software,
+                pod,
+                hostname,
+            }
+        }
+        Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
+        Some(other) => {
+            return Err(SessionError::Protocol(format!(
+                "expected hello from the sidecar, got {other:?}"
+            )))
+        }
+        None => return Err(SessionError::Lost("the sidecar closed the session".into())),
+    };
+    ctl_out.send(&Message::hello(None, None))?;
+    let listeners = config
+        .forwards
+        .iter()
+        .map(|f| ListenerSpec {
+            id: f.id,
+            port: f.remote_port,
+            addrs: f.addrs.clone(),
+            max_connections: f.max_connections,
+            allow: f.allow.clone(),
+        })
+        .collect();
+    ctl_out.send(&Message::Bind { listeners })?;
+    let bound = loop {
+        let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, ctl_in.next())
+            .await
+            .map_err(|_| step("the sidecar to bind"))??;
+        match reply {
+            Some(Message::Bound { listeners }) => break listeners,
+            Some(Message::BindFailed { id, addr, reason }) => {
+                ctl_out.finish(&Message::Goodbye {
+                    reason: format!("cannot bind {addr}"),
+                });
+                let _ = stop_tx.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+                return Err(SessionError::BindFailed { id, addr, reason });
+            }
+            Some(Message::Rejected { .. }) => continue,
+            Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
+            Some(other) => {
+                return Err(SessionError::Protocol(format!(
+                    "expected the bind result, got {other:?}"
+                )))
+            }
+            None => return Err(SessionError::Lost("the sidecar closed the session".into())),
+        }
+    };
+    metrics.sessions_total.inc();
+    Ok(Established {
+        sidecar,
+        bound,
+        ctl_in,
+        ctl_out,
+        driver,
+        stop_driver: Some(stop_tx),
+        pings,
+        state,
+        keepalive: config.keepalive,
+    })
+}
+
+impl Established {
+    /// Carries connections until `shutdown` fires (`Ok`: goodbye said) or
+    /// the session is lost (`Err`: the caller may reconnect).
+    pub async fn serve(mut self, shutdown: CancellationToken) -> Result<(), SessionError> {
+        let _reset_connections = self.state.ended.clone().drop_guard();
+        let keepalive = http2::keepalive(self.pings, self.keepalive.0, self.keepalive.1);
+        tokio::pin!(keepalive);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.ctl_out.finish(&Message::Goodbye { reason: "rpf attach is exiting".into() });
+                    if let Some(stop) = self.stop_driver.take() {
+                        let _ = stop.send(());
+                    }
+                    // Give the goodbye a moment to leave; never hang on exit.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.driver).await;
+                    return Ok(());
+                }
+                msg = self.ctl_in.next() => match msg? {
+                    Some(Message::Rejected { id, peer, reason }) => {
+                        let port = self.state.forwards.get(&id).map(|(f, _)| f.remote_port).unwrap_or(0);
+                        self.state.metrics.rejected(reason).inc();
+                        match reason {
+                            RejectReason::Limit => warn!(
+                                "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
+                                self.state.forwards.get(&id).map(|(f, _)| f.max_connections).unwrap_or(0)
+                            ),
+                            RejectReason::NotAllowed => warn!(
+                                "refused connection from {peer} to port {port} in the pod: peer not in --allow"
+                            ),
+                        }
+                    }
+                    Some(Message::Goodbye { reason }) => {
+                        return Err(SessionError::Lost(format!("the sidecar ended the session: {reason}")))
+                    }
+                    Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
+                    Some(other) => {
+                        return Err(SessionError::Protocol(format!("unexpected message from the sidecar: {other:?}")))
+                    }
+                    None => return Err(SessionError::Lost("the sidecar closed the session".into())),
+                },
+                ended = &mut self.driver => {
+                    return Err(SessionError::Lost(match ended {
+                        Ok(Ok(())) => "the sidecar closed the channel".into(),
+                        Ok(Err(e)) => format!("channel lost: {e}"),
+                        Err(e) => format!("channel task failed: {e}"),
+                    }));
+                }
+                end = &mut keepalive => return Err(SessionError::Lost(match end {
+                    KeepaliveEnd::TimedOut(t) => format!("the sidecar did not answer a keepalive PING within {t:?}"),
+                    KeepaliveEnd::ConnectionGone => "channel lost".into(),
+                })),
+            }
+        }
+    }
+}
+
+fn handshake_error(e: h2::Error) -> SessionError {
+    if e.is_io() {
+        SessionError::Lost(format!("channel lost during the handshake: {e}"))
+    } else {
+        SessionError::Handshake(format!(
+            "{e}; is `rpf-sidecar stdio` (or the sidecar's control port) at the far end?"
+        ))
+    }
+}
+
+/// Accepts connection streams until the channel closes or `stop` fires.
+async fn drive<T>(
+    mut conn: h2::server::Connection<T, Bytes>,
+    state: Arc<State>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<(), h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stopping = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        match next {
+            Some(Ok((request, respond))) => {
+                tokio::spawn(handle_connection(request, respond, state.clone()));
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// One tunneled connection: checks, dials the local target, pumps.
+async fn handle_connection(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    state: Arc<State>,
+) {
+    let m = &state.metrics;
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let id = header(wire::LISTENER_HEADER).and_then(|v| v.parse::<u32>().ok());
+    let peer = header(wire::PEER_HEADER).and_then(|v| v.parse::<SocketAddr>().ok());
+    let found = id.and_then(|id| state.forwards.get(&id));
+    let (Some((forward, active)), Some(peer), true) =
+        (found, peer, request.uri().path() == wire::CONNECT_PATH)
+    else {
+        m.error(ErrorType::Protocol).inc();
+        warn!(
+            "the sidecar sent a malformed connection stream ({} {:?}); ignored",
+            request.uri().path(),
+            request.headers()
+        );
+        return refuse(
+            &mut respond,
+            StatusCode::BAD_REQUEST,
+            "malformed connection stream",
+        );
+    };
+    let port = forward.remote_port;
+    if !forward.allow.is_empty()
+        && !forward
+            .allow
+            .iter()
+            .any(|n| n.contains(&canonical_ip(peer.ip())))
+    {
+        m.rejected(RejectReason::NotAllowed).inc();
+        warn!("refused connection from {peer} to port {port} in the pod: peer not in --allow");
+        return refuse(&mut respond, StatusCode::FORBIDDEN, "peer not allowed");
+    }
+    if active.fetch_add(1, Ordering::AcqRel) >= forward.max_connections {
+        active.fetch_sub(1, Ordering::AcqRel);
+        m.rejected(RejectReason::Limit).inc();
+        warn!(
+            "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
+            forward.max_connections
+        );
+        return refuse(
+            &mut respond,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached",
+        );
+    }
+    let _slot = SlotGuard(active);
+    let started = Instant::now();
+    info!("Handling connection for {port} from {peer}");
+    let local = match dial(&forward.local_host, forward.local_port).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let why = describe_io_error(&e);
+            warn!("cannot connect to local port {}: {why}", forward.local_port);
+            m.error(ErrorType::Dial).inc();
+            m.connections_failed.inc();
+            return refuse(&mut respond, StatusCode::BAD_GATEWAY, &why);
+        }
+    };
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            debug!("connection from {peer} gone before it was answered: {e}");
+            m.connections_failed.inc();
+            return;
+        }
+    };
+    m.active_connections.inc();
+    let recv = request.into_body();
+    let meters = Meters {
+        socket_to_stream: &m.bytes_local_to_pod,
+        stream_to_socket: &m.bytes_pod_to_local,
+    };
+    let result = splice(
+        local,
+        send,
+        std::future::ready(Ok(recv)),
+        meters,
+        &state.ended,
+    )
+    .await;
+    m.active_connections.dec();
+    m.connection_duration
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(t) => {
+            m.connections_ok.inc();
+            debug!(
+                "connection from {peer} on port {port} closed: {} bytes to the pod, {} from it",
+                t.sent, t.received
+            );
+        }
+        Err(PumpError::Cancelled) => {
+            m.connections_failed.inc();
+            debug!("connection from {peer} on port {port} reset: the session ended");
+        }
+        Err(e) => {
+            m.connections_failed.inc();
+            m.error(ErrorType::Stream).inc();
+            debug!("connection from {peer} on port {port} aborted: {e}");
+        }
+    }
+}
+
+/// Frees a connection slot of a forward when the connection ends.
+struct SlotGuard<'a>(&'a AtomicU32);
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode, why: &str) {
+    let mut response = Response::builder().status(status);
+    if let Ok(value) = http::HeaderValue::from_str(why) {
+        response = response.header(wire::ERROR_HEADER, value);
+    }
+    let response = response.body(()).expect("valid response");
+    let _ = respond.send_response(response, true);
+}
+
+/// The default bind addresses in the pod: both loopbacks, so `localhost`
+/// works whichever way the app resolves it; IPv6 is skipped where the pod
+/// has none.
+pub fn default_bind_addrs() -> Vec<BindAddr> {
+    vec![
+        BindAddr {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            required: true,
+        },
+        BindAddr {
+            ip: "::1".parse().expect("valid"),
+            required: false,
+        },
+    ]
+}

@@ -1,0 +1,73 @@
+//! The session stream as typed messages: a reader and a writer over the
+//! two halves of one HTTP/2 stream.
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+
+use crate::error::SessionError;
+use crate::message::{Decoder, Message};
+
+/// Reads control messages from the peer.
+#[derive(Debug)]
+pub struct ControlReader {
+    recv: RecvStream,
+    decoder: Decoder,
+}
+
+impl ControlReader {
+    /// Wraps the receiving half of the session stream.
+    pub fn new(recv: RecvStream) -> Self {
+        Self {
+            recv,
+            decoder: Decoder::default(),
+        }
+    }
+
+    /// The next message, or `None` when the peer ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Message>, SessionError> {
+        loop {
+            if let Some(msg) = self.decoder.next_message()? {
+                return Ok(Some(msg));
+            }
+            match self.recv.data().await {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.decoder.extend(&data);
+                }
+                Some(Err(e)) => return Err(SessionError::lost(e)),
+                None if self.decoder.pending() == 0 => return Ok(None),
+                None => {
+                    return Err(SessionError::Protocol(
+                        "the session stream ended in the middle of a message".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Writes control messages to the peer.
+#[derive(Debug)]
+pub struct ControlWriter {
+    send: SendStream<Bytes>,
+}
+
+impl ControlWriter {
+    /// Wraps the sending half of the session stream.
+    pub fn new(send: SendStream<Bytes>) -> Self {
+        Self { send }
+    }
+
+    /// Queues one message. Control messages are small and rare, so they are
+    /// not held back by flow control.
+    pub fn send(&mut self, msg: &Message) -> Result<(), SessionError> {
+        self.send
+            .send_data(msg.encode(), false)
+            .map_err(SessionError::lost)
+    }
+
+    /// Queues a last message and ends the stream.
+    pub fn finish(&mut self, msg: &Message) {
+        let _ = self.send.send_data(msg.encode(), true);
+    }
+}

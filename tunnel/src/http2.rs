@@ -1,0 +1,100 @@
+//! HTTP/2 settings for both ends of a channel, and the keepalive.
+//!
+//! The roles are reversed: the sidecar is the HTTP/2 client because new
+//! connections appear on its side and only a client may open streams.
+//!
+//! h2's defaults suit a web server facing strangers; a tunnel is different:
+//! resetting a stream is how a refused or aborted TCP connection is told,
+//! so it happens in bursts, and 1-byte DATA frames are normal for
+//! interactive protocols. The limits that would mistake that for an attack
+//! are raised here, in one place, with the windows sized for throughput.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{Ping, PingPong};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::protocol::tuning;
+
+/// How long the HTTP/2 handshake may take before the channel is given up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes h2 may queue per stream beyond what the socket has taken.
+const SEND_BUFFER: usize = 1 << 20;
+/// Resets and small frames tolerated: a tunnel produces many legitimately.
+const RESET_STREAMS: usize = 100_000;
+
+/// Client (sidecar) side handshake with rpf's settings.
+pub async fn client_handshake<T>(
+    io: T,
+) -> Result<
+    (
+        h2::client::SendRequest<Bytes>,
+        h2::client::Connection<T, Bytes>,
+    ),
+    h2::Error,
+>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    h2::client::Builder::new()
+        .initial_window_size(tuning::STREAM_WINDOW)
+        .initial_connection_window_size(tuning::CONNECTION_WINDOW)
+        .max_frame_size(tuning::MAX_FRAME_SIZE)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_concurrent_reset_streams(RESET_STREAMS)
+        .max_pending_accept_reset_streams(RESET_STREAMS)
+        .max_local_error_reset_streams(Some(RESET_STREAMS))
+        .data_frame_budget(tuning::CONNECTION_WINDOW as usize)
+        .reset_stream_duration(Duration::from_secs(1))
+        .enable_push(false)
+        .handshake(io)
+        .await
+}
+
+/// Server (CLI) side handshake with rpf's settings. `max_streams` caps the
+/// streams the sidecar may open at once: a pod cannot exhaust the CLI.
+pub async fn server_handshake<T>(
+    io: T,
+    max_streams: u32,
+) -> Result<h2::server::Connection<T, Bytes>, h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    h2::server::Builder::new()
+        .initial_window_size(tuning::STREAM_WINDOW)
+        .initial_connection_window_size(tuning::CONNECTION_WINDOW)
+        .max_frame_size(tuning::MAX_FRAME_SIZE)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_concurrent_streams(max_streams)
+        .max_concurrent_reset_streams(RESET_STREAMS)
+        .max_pending_accept_reset_streams(RESET_STREAMS)
+        .max_local_error_reset_streams(Some(RESET_STREAMS))
+        .data_frame_budget(tuning::CONNECTION_WINDOW as usize)
+        .reset_stream_duration(Duration::from_secs(1))
+        .handshake(io)
+        .await
+}
+
+/// PINGs the peer every `interval`; returns when a PING goes unanswered for
+/// `timeout` (the channel is dead) or the connection is gone.
+pub async fn keepalive(mut pings: PingPong, interval: Duration, timeout: Duration) -> KeepaliveEnd {
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, pings.ping(Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) => return KeepaliveEnd::ConnectionGone,
+            Err(_) => return KeepaliveEnd::TimedOut(timeout),
+        }
+    }
+}
+
+/// Why [`keepalive`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepaliveEnd {
+    /// The peer did not answer a PING in time.
+    TimedOut(Duration),
+    /// The connection closed underneath.
+    ConnectionGone,
+}

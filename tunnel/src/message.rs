@@ -1,0 +1,315 @@
+//! Control messages carried on the session stream, and their framing.
+//!
+//! One JSON object per line: easy to read in a capture, easy to extend
+//! (unknown fields are ignored), and cheap next to the data it steers.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::{Buf, Bytes, BytesMut};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::PROTOCOL_VERSION;
+
+/// Longest control message accepted; anything longer is a protocol error.
+pub const MAX_MESSAGE_LEN: usize = 1 << 20;
+
+/// Pod identity the sidecar learns from the downward API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the pod.
+    pub name: String,
+}
+
+/// One address a reverse listener binds in the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindAddr {
+    /// The IP to bind.
+    pub ip: IpAddr,
+    /// When false, a missing address family (no IPv6 in the pod) is skipped
+    /// instead of failing the bind. "Port in use" always fails.
+    pub required: bool,
+}
+
+/// A reverse listener the CLI asks the sidecar to open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerSpec {
+    /// Chosen by the CLI; connection streams name it, never a destination.
+    pub id: u32,
+    /// Port to bind in the pod.
+    pub port: u16,
+    /// Addresses to bind it on.
+    pub addrs: Vec<BindAddr>,
+    /// Concurrent connections allowed; more are refused at once.
+    pub max_connections: u32,
+    /// Peers allowed to connect (empty: anyone who can reach the address).
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+}
+
+/// A listener the sidecar opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundListener {
+    /// The CLI's id for it.
+    pub id: u32,
+    /// Every address it is bound on.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Why the sidecar refused a pod connection without asking the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The listener's concurrent-connection limit was reached.
+    Limit,
+    /// The peer is outside the listener's allow list.
+    NotAllowed,
+}
+
+impl RejectReason {
+    /// Label value for the `reason` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Limit => "limit",
+            RejectReason::NotAllowed => "not_allowed",
+        }
+    }
+}
+
+/// Every message either end may send on the session stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// First message each way: who is talking, in which protocol version.
+    Hello {
+        /// Wire protocol version ([`PROTOCOL_VERSION`]).
+        protocol: u32,
+        /// rpf release of the sender.
+        software: String,
+        /// Sidecar only: its pod, when it runs in one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod: Option<PodRef>,
+        /// Sidecar only: its host name (the pod name in Kubernetes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hostname: Option<String>,
+    },
+    /// CLI → sidecar: open these listeners, all or none.
+    Bind {
+        /// The listeners.
+        listeners: Vec<ListenerSpec>,
+    },
+    /// Sidecar → CLI: every listener of the last `Bind` is open.
+    Bound {
+        /// Where each one is bound.
+        listeners: Vec<BoundListener>,
+    },
+    /// Sidecar → CLI: a listener could not be opened; none of the `Bind` is.
+    BindFailed {
+        /// Listener id.
+        id: u32,
+        /// The address that failed.
+        addr: SocketAddr,
+        /// The operating system's reason, e.g. "address already in use".
+        reason: String,
+    },
+    /// Sidecar → CLI: a pod connection was refused before reaching the CLI.
+    Rejected {
+        /// Listener id.
+        id: u32,
+        /// The pod-side peer.
+        peer: SocketAddr,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// Either way: the session cannot go on (e.g. version mismatch).
+    Error {
+        /// Worded for the user.
+        message: String,
+    },
+    /// Either way: the sender is closing the session on purpose.
+    Goodbye {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+impl Message {
+    /// This binary's hello.
+    pub fn hello(pod: Option<PodRef>, hostname: Option<String>) -> Self {
+        Message::Hello {
+            protocol: PROTOCOL_VERSION,
+            software: crate::protocol::SOFTWARE_VERSION.to_string(),
+            pod,
+            hostname,
+        }
+    }
+
+    /// Serialises one message as a line.
+    pub fn encode(&self) -> Bytes {
+        let mut line = serde_json::to_vec(self).expect("control messages always serialise");
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
+/// A malformed control stream.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A line that is not a message we know.
+    #[error("malformed control message {line:?}: {source}")]
+    Malformed {
+        /// The start of the offending line.
+        line: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// A line longer than [`MAX_MESSAGE_LEN`].
+    #[error("control message longer than {MAX_MESSAGE_LEN} bytes")]
+    TooLong,
+}
+
+/// Splits a byte stream into messages, one per line.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: BytesMut,
+}
+
+impl Decoder {
+    /// Adds received bytes.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete message, if one has arrived.
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        let Some(end) = self.buf.iter().position(|b| *b == b'\n') else {
+            if self.buf.len() > MAX_MESSAGE_LEN {
+                return Err(DecodeError::TooLong);
+            }
+            return Ok(None);
+        };
+        let line = self.buf.split_to(end);
+        self.buf.advance(1);
+        serde_json::from_slice(&line)
+            .map(Some)
+            .map_err(|source| DecodeError::Malformed {
+                line: String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned(),
+                source,
+            })
+    }
+
+    /// Bytes received that do not yet form a whole message.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Message> {
+        vec![
+            Message::hello(
+                Some(PodRef {
+                    namespace: "default".into(),
+                    name: "web-7f9".into(),
+                }),
+                Some("web-7f9".into()),
+            ),
+            Message::Bind {
+                listeners: vec![ListenerSpec {
+                    id: 1,
+                    port: 8080,
+                    addrs: vec![
+                        BindAddr {
+                            ip: "127.0.0.1".parse().unwrap(),
+                            required: true,
+                        },
+                        BindAddr {
+                            ip: "::1".parse().unwrap(),
+                            required: false,
+                        },
+                    ],
+                    max_connections: 10,
+                    allow: vec!["10.0.0.0/8".parse().unwrap()],
+                }],
+            },
+            Message::Bound {
+                listeners: vec![BoundListener {
+                    id: 1,
+                    addrs: vec![
+                        "127.0.0.1:8080".parse().unwrap(),
+                        "[::1]:8080".parse().unwrap(),
+                    ],
+                }],
+            },
+            Message::BindFailed {
+                id: 1,
+                addr: "127.0.0.1:8080".parse().unwrap(),
+                reason: "address already in use".into(),
+            },
+            Message::Rejected {
+                id: 1,
+                peer: "127.0.0.1:5555".parse().unwrap(),
+                reason: RejectReason::Limit,
+            },
+            Message::Error {
+                message: "boom".into(),
+            },
+            Message::Goodbye {
+                reason: "interrupted".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_even_split_byte_by_byte() {
+        let wire: Vec<u8> = sample().iter().flat_map(|m| m.encode().to_vec()).collect();
+        let mut dec = Decoder::default();
+        let mut got = Vec::new();
+        for byte in wire {
+            dec.extend(&[byte]);
+            while let Some(m) = dec.next_message().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, sample());
+        assert_eq!(dec.pending(), 0);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let mut dec = Decoder::default();
+        dec.extend(b"{\"type\":\"goodbye\",\"reason\":\"x\",\"future\":42}\n");
+        assert_eq!(
+            dec.next_message().unwrap(),
+            Some(Message::Goodbye { reason: "x".into() })
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for junk in [
+            &b"GET / HTTP/1.1\n"[..],
+            b"{\"type\":\"nope\"}\n",
+            b"\xff\xfe\n",
+        ] {
+            let mut dec = Decoder::default();
+            dec.extend(junk);
+            assert!(matches!(
+                dec.next_message(),
+                Err(DecodeError::Malformed { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn an_endless_line_is_refused() {
+        let mut dec = Decoder::default();
+        dec.extend(&vec![b'x'; MAX_MESSAGE_LEN + 1]);
+        assert!(matches!(dec.next_message(), Err(DecodeError::TooLong)));
+    }
+}
