@@ -277,3 +277,6 @@ impl ClusterSource {
         }
     }
 }
+
+#[cfg(test)]
+mod live_tests;

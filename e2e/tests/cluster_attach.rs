@@ -1,0 +1,700 @@
+//! `rpf attach` against a real cluster: both transports, pod and Deployment
+//! targets, traffic proven from inside the pod, reconnect to a replacement
+//! pod, and the error texts a user sees (not found, no sidecar, not
+//! running, forbidden).
+//!
+//! ```sh
+//! RPF_E2E_KUBECONFIG=~/.kube/config cargo test -p rpf-e2e --test cluster_attach -- --nocapture
+//! ```
+//!
+//! Without `RPF_E2E_KUBECONFIG` it prints "skipped: RPF_E2E_KUBECONFIG not
+//! set" and passes. Everything it creates lives in its own namespace,
+//! deleted at the end (also on failure). It needs no cluster-wide install:
+//! the sidecar container is written into the pod specs.
+//!
+//! Environment:
+//! - `RPF_E2E_KUBECONFIG`: the cluster (required to run).
+//! - `RPF_E2E_KUBECTL`: kubectl to use (default `kubectl` on `PATH`).
+//! - `RPF_E2E_LOAD_IMAGE`: command that loads an image archive into the
+//!   node(s); the archive path is appended (default
+//!   `ctr -n k8s.io images import`). For kind: `kind load image-archive`.
+//! - `RPF_E2E_IMAGE_TAG`: tag for the locally built sidecar image (default `e2e`).
+//! - `RPF_E2E_CLIENT_IMAGE`: a busybox image present on (or pullable by)
+//!   the node, for the app container (default `busybox:1.36`).
+//! - `RPF_E2E_SKIP_BUILD=1`: use the sidecar archive already built.
+//! - `RPF_E2E_RPF`: the `rpf` binary (default: built by cargo).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rpf_e2e::cluster::{images_env, repo_root, run, wait_for, with_tag, Kubectl};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[cluster_attach] {}", msg.as_ref());
+}
+
+/// Deletes the test namespace when dropped (also when the test panics).
+struct Namespace {
+    kubectl: Kubectl,
+    name: String,
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if std::env::var_os("RPF_E2E_KEEP").is_some() {
+            log(format!("keeping namespace {}", self.name));
+            return;
+        }
+        log(format!("cleanup: deleting namespace {}", self.name));
+        let _ = self.kubectl.try_run([
+            "delete",
+            "namespace",
+            &self.name,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// A running `rpf attach`, its output arriving line by line.
+struct Attach {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Attach {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Attach {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        for (tag, stream) in [
+            (
+                "stdout",
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            ),
+            ("stderr", Box::new(child.stderr.take().unwrap())),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("    rpf {tag}: {line}");
+                    if tx.send(format!("{tag}: {line}")).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Attach {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line for which `want` returns `Some`.
+    fn wait_line<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        want: impl Fn(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = want(&line);
+                    self.seen.push(line);
+                    if let Some(v) = found {
+                        return v;
+                    }
+                }
+                Err(_) => {
+                    let status = self.child.try_wait();
+                    panic!(
+                        "rpf attach: no {what} within {timeout:?} (exit: {status:?}); output so far:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for a `Forwarding from 127.0.0.1:REMOTE in pod NS/POD -> ...`
+    /// line and returns POD.
+    fn forwarding(&mut self, ns: &str, remote: u16) -> String {
+        let prefix = format!("stdout: Forwarding from 127.0.0.1:{remote} in pod {ns}/");
+        self.wait_line("`Forwarding from` line", Duration::from_secs(90), |line| {
+            let rest = line.strip_prefix(&prefix)?;
+            Some(rest.split_whitespace().next()?.to_owned())
+        })
+    }
+}
+
+/// A tiny HTTP server on this machine's loopback answering `body`: the
+/// "service on the developer's machine".
+fn host_server(body: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind host server");
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let body = body.clone();
+            thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    body.len(),
+                    body
+                );
+            });
+        }
+    });
+    port
+}
+
+/// Builds the sidecar image with `images/build.sh` and loads it.
+fn build_and_load(tag: &str) {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-images");
+    if std::env::var_os("RPF_E2E_SKIP_BUILD").is_none() {
+        log(format!(
+            "building images (tag {tag}) into {}",
+            out.display()
+        ));
+        let status = Command::new("bash")
+            .arg(repo_root().join("images/build.sh"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--tag", tag])
+            .status()
+            .expect("run images/build.sh");
+        assert!(status.success(), "images/build.sh failed: {status}");
+    }
+    let loader = env_or("RPF_E2E_LOAD_IMAGE", "ctr -n k8s.io images import");
+    let mut words = loader.split_whitespace();
+    let program = words.next().expect("RPF_E2E_LOAD_IMAGE is empty");
+    let path = out.join("rpf-sidecar.tar");
+    assert!(path.is_file(), "{} missing", path.display());
+    log(format!("loading {} with `{loader}`", path.display()));
+    run(Command::new(program).args(words).arg(&path));
+}
+
+/// The `rpf` binary: `RPF_E2E_RPF`, else built with cargo next to this test.
+fn rpf_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RPF_E2E_RPF").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    // This test runs from <target>/<profile>/deps/; rpf goes to <target>/<profile>/.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let target_dir = profile_dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", target_dir)
+        .args(["build", "-p", "rpf-cli", "--bin", "rpf"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p rpf-cli failed");
+    profile_dir.join("rpf")
+}
+
+/// `kubectl apply -f -` with `yaml` on stdin.
+fn apply(kubectl: &Kubectl, yaml: &str) {
+    let mut child = kubectl
+        .cmd(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The pod spec shared by the pod and the Deployment: the sidecar as the
+/// webhook would inject it, plus an app container with a shell and wget.
+fn pod_spec(sidecar_image: &str, client_image: &str, indent: usize) -> String {
+    let spec = format!(
+        r#"terminationGracePeriodSeconds: 1
+containers:
+  - name: rpf-sidecar
+    image: {sidecar_image}
+    imagePullPolicy: IfNotPresent
+    command: ["/rpf-sidecar", "serve", "--control-addr", "127.0.0.1:4499"]
+  - name: app
+    image: {client_image}
+    imagePullPolicy: IfNotPresent
+    command: ["sleep", "3600"]
+"#
+    );
+    let pad = " ".repeat(indent);
+    spec.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+fn manifests(ns: &str, sidecar: &str, client: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: {ns}
+  labels: {{app: web}}
+spec:
+{pod}---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  namespace: {ns}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: api}}
+  template:
+    metadata:
+      labels: {{app: api}}
+    spec:
+{tpl}---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: plain
+  namespace: {ns}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: {client}
+      imagePullPolicy: IfNotPresent
+      command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: stuck
+  namespace: {ns}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: rpf-sidecar
+      image: rpf.invalid/no-such-image:0
+      imagePullPolicy: Never
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: reader
+  namespace: {ns}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: nobody
+  namespace: {ns}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: pod-reader
+  namespace: {ns}
+rules:
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: reader-reads-pods
+  namespace: {ns}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: pod-reader
+subjects:
+  - kind: ServiceAccount
+    name: reader
+    namespace: {ns}
+"#,
+        pod = pod_spec(sidecar, client, 2),
+        tpl = pod_spec(sidecar, client, 6),
+    )
+}
+
+/// A token for a ServiceAccount: `kubectl create token` (1.24+), else the
+/// token Secret the controller made for it (older clusters).
+fn sa_token(kubectl: &Kubectl, ns: &str, sa: &str) -> String {
+    if let Ok(token) = kubectl.try_run(["-n", ns, "create", "token", sa]) {
+        return token.trim().to_owned();
+    }
+    let secret = wait_for(
+        &format!("the token Secret of ServiceAccount {sa}"),
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        |last| {
+            let s = kubectl
+                .try_run([
+                    "-n",
+                    ns,
+                    "get",
+                    "sa",
+                    sa,
+                    "-o",
+                    "jsonpath={.secrets[0].name}",
+                ])
+                .unwrap_or_else(|e| e);
+            *last = s.clone();
+            (!s.trim().is_empty()).then(|| s.trim().to_owned())
+        },
+    );
+    let b64 = kubectl.run([
+        "-n",
+        ns,
+        "get",
+        "secret",
+        &secret,
+        "-o",
+        "jsonpath={.data.token}",
+    ]);
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b64.trim().as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("base64 -d");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A kubeconfig for `sa`: same server and CA as the admin's, token user.
+fn sa_kubeconfig(kubectl: &Kubectl, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+    let get = |path: &str| {
+        kubectl.run([
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    };
+    let server = get(".clusters[0].cluster.server");
+    let ca = get(".clusters[0].cluster.certificate-authority-data");
+    let ca_file = get(".clusters[0].cluster.certificate-authority");
+    let ca_line = if !ca.trim().is_empty() {
+        format!("certificate-authority-data: {}", ca.trim())
+    } else {
+        format!("certificate-authority: {}", ca_file.trim())
+    };
+    let token = sa_token(kubectl, ns, sa);
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    {ca_line}\n\
+             users:\n- name: {sa}\n  user:\n    token: {token}\n\
+             contexts:\n- name: {sa}\n  context:\n    cluster: c\n    user: {sa}\n    namespace: {ns}\n\
+             current-context: {sa}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `wget` inside the pod's app container, to the reverse-forwarded port.
+fn wget_in_pod(kubectl: &Kubectl, ns: &str, pod: &str, remote: u16) -> Result<String, String> {
+    kubectl.try_run([
+        "-n",
+        ns,
+        "exec",
+        pod,
+        "-c",
+        "app",
+        "--",
+        "timeout",
+        "10",
+        "wget",
+        "-qO-",
+        &format!("http://127.0.0.1:{remote}/"),
+    ])
+}
+
+/// Runs `rpf attach ARGS` expecting it to fail; returns its stderr.
+fn attach_fails(rpf: &Path, kubeconfig: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(rpf);
+    cmd.arg("attach")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .arg("--no-reconnect");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("rpf attach {args:?} did not exit within 60s"))
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    log(format!(
+        "rpf attach {} -> {}: {}",
+        args.join(" "),
+        out.status,
+        stderr.trim()
+    ));
+    assert!(!out.status.success(), "rpf attach {args:?} succeeded");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("Forwarding from"),
+        "rpf attach {args:?} printed Forwarding"
+    );
+    stderr
+}
+
+#[test]
+fn cluster_attach() {
+    let Some(kubectl) = Kubectl::for_cluster("cluster_attach") else {
+        return;
+    };
+    let kubeconfig = kubectl.kubeconfig.clone().unwrap();
+    let started = Instant::now();
+
+    let tag = env_or("RPF_E2E_IMAGE_TAG", "e2e");
+    let sidecar = with_tag(&images_env().0, &tag);
+    let client = env_or("RPF_E2E_CLIENT_IMAGE", "busybox:1.36");
+    build_and_load(&tag);
+    let rpf = rpf_binary();
+
+    let suffix = format!(
+        "{}-{:x}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let ns = format!("rpf-e2e-attach-{suffix}");
+    kubectl.run(["create", "namespace", &ns]);
+    let _namespace = Namespace {
+        kubectl: kubectl.clone(),
+        name: ns.clone(),
+    };
+    log(format!("namespace {ns}"));
+    apply(&kubectl, &manifests(&ns, &sidecar, &client));
+    kubectl.run([
+        "-n",
+        &ns,
+        "wait",
+        "--for=condition=Ready",
+        "pod/web",
+        "pod/plain",
+        "--timeout=120s",
+    ]);
+    kubectl.run([
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deploy/api",
+        "--timeout=120s",
+    ]);
+
+    let body = format!("hello from the host, run {suffix}");
+    let local = host_server(body.clone());
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-attach-{suffix}"));
+    std::fs::create_dir_all(&tmp).unwrap();
+
+    // 1. Traffic: pod and Deployment targets, both transports; for the
+    //    Deployment, delete its pod and follow the attach to the new one.
+    let cases = [
+        ("pod/web", "portforward", 18080u16),
+        ("pod/web", "exec", 18081),
+        ("deploy/api", "portforward", 18082),
+        ("deploy/api", "exec", 18083),
+    ];
+    for (target, transport, remote) in cases {
+        log(format!(
+            "attach {target} over {transport}, {remote} -> 127.0.0.1:{local}"
+        ));
+        let mut attach = Attach::spawn(
+            Command::new(&rpf)
+                .arg("attach")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["-n", &ns, "--transport", transport, target])
+                .arg(format!("{remote}:127.0.0.1:{local}")),
+        );
+        let pod = attach.forwarding(&ns, remote);
+        if target == "pod/web" {
+            assert_eq!(pod, "web");
+        }
+        let got = wait_for(
+            "wget in the pod",
+            Duration::from_secs(20),
+            Duration::from_millis(300),
+            |last| {
+                let r = wget_in_pod(&kubectl, &ns, &pod, remote);
+                *last = format!("{r:?}");
+                r.ok()
+            },
+        );
+        assert_eq!(got, body, "{target} {transport}");
+        log(format!("  pod {pod} reached the host server"));
+
+        if target.starts_with("deploy/") {
+            log(format!("  deleting pod {pod}"));
+            kubectl.run(["-n", &ns, "delete", "pod", &pod, "--wait=false"]);
+            let lost = format!("stderr: Lost connection to pod {ns}/{pod}");
+            attach.wait_line(
+                "`Lost connection` on stderr",
+                Duration::from_secs(60),
+                |l| l.starts_with(&lost).then_some(()),
+            );
+            let new_pod = attach.forwarding(&ns, remote);
+            assert_ne!(new_pod, pod, "reconnected to the deleted pod");
+            assert!(
+                attach
+                    .seen
+                    .iter()
+                    .any(|l| l == &format!("stderr: Reconnected to pod {ns}/{new_pod}")),
+                "no `Reconnected to` line: {:#?}",
+                attach.seen
+            );
+            let got = wait_for(
+                "wget in the new pod",
+                Duration::from_secs(30),
+                Duration::from_millis(300),
+                |last| {
+                    let r = wget_in_pod(&kubectl, &ns, &new_pod, remote);
+                    *last = format!("{r:?}");
+                    r.ok()
+                },
+            );
+            assert_eq!(got, body);
+            log(format!("  reconnected to {new_pod}, traffic flows again"));
+            kubectl.run([
+                "-n",
+                &ns,
+                "rollout",
+                "status",
+                "deploy/api",
+                "--timeout=120s",
+            ]);
+        }
+        drop(attach);
+    }
+
+    // 2. Errors, each worded for the user, before any channel is opened.
+    let spec = format!("18090:{local}");
+    let e = attach_fails(&rpf, &kubeconfig, &["-n", &ns, "pod/nope", &spec]);
+    assert!(
+        e.contains(&format!(
+            "error: pod \"nope\" not found in namespace \"{ns}\""
+        )),
+        "{e}"
+    );
+    let e = attach_fails(&rpf, &kubeconfig, &["-n", &ns, "deploy/nope", &spec]);
+    assert!(
+        e.contains(&format!(
+            "error: deployment \"nope\" not found in namespace \"{ns}\""
+        )),
+        "{e}"
+    );
+    let e = attach_fails(&rpf, &kubeconfig, &["-n", &ns, "pod/plain", &spec]);
+    assert!(
+        e.contains(&format!(
+            "error: pod {ns}/plain has no rpf-sidecar container"
+        )),
+        "{e}"
+    );
+    assert!(e.contains("rpf.dev/enabled: \"true\""), "{e}");
+    assert!(
+        e.contains("rpf inject -f manifest.yaml | kubectl apply -f -"),
+        "{e}"
+    );
+    let e = attach_fails(&rpf, &kubeconfig, &["-n", &ns, "stuck", &spec]);
+    assert!(
+        e.contains(&format!(
+            "error: pod {ns}/stuck is not running (phase Pending"
+        )),
+        "{e}"
+    );
+
+    // Forbidden: a reader may look pods up but not open channels; nobody
+    // may not even look.
+    let reader = sa_kubeconfig(&kubectl, &ns, "reader", &tmp);
+    let e = attach_fails(&rpf, &reader, &["pod/web", &spec]);
+    assert!(
+        e.contains("forbidden: you are not allowed to create pods/portforward"),
+        "{e}"
+    );
+    assert!(e.contains(&format!("in namespace \"{ns}\"")), "{e}");
+    let e = attach_fails(&rpf, &reader, &["--transport", "exec", "pod/web", &spec]);
+    assert!(
+        e.contains("forbidden: you are not allowed to create pods/exec"),
+        "{e}"
+    );
+    let nobody = sa_kubeconfig(&kubectl, &ns, "nobody", &tmp);
+    let e = attach_fails(&rpf, &nobody, &["deploy/api", &spec]);
+    assert!(
+        e.contains("forbidden: you are not allowed to get deployments.apps"),
+        "{e}"
+    );
+
+    let _ = std::fs::remove_dir_all(&tmp);
+    log(format!("passed in {:.0?}", started.elapsed()));
+}
