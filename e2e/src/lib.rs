@@ -1,2 +1,14 @@
-//! End-to-end tests and benchmarks for rpf: real processes, real sockets, network namespaces.
+//! End-to-end tests and benchmarks for rpf: real processes, real sockets,
+//! network namespaces standing in for pods, and a real cluster when one is
+//! configured.
+//!
+//! # Layout
+//! - [`netns`]: a network namespace as a pod.
+//! - [`process`]: the binaries under test and handles on running ones.
+//! - [`peer`]: traffic generators and checkers (the test peer, the benchmark).
+//! - [`cluster`]: helpers for tests against a real Kubernetes cluster.
+
 pub mod cluster;
+pub mod netns;
+pub mod peer;
+pub mod process;

@@ -106,3 +106,12 @@ mod tests {
         assert_eq!(describe_io_error(&e), "connection refused");
     }
 }
+
+/// Raises this process's open-file soft limit to its hard limit, as Go
+/// programs do at start: a tunnel holds two sockets per connection and the
+/// usual soft limit of 1024 would cap it near 500.
+pub fn raise_fd_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!("cannot raise the open-file limit: {e}");
+    }
+}

@@ -1,0 +1,122 @@
+//! `rpf-testpeer`: the client and server processes of the end-to-end tests.
+//! Runs inside a network namespace (the "pod") or on the host, prints one
+//! JSON report per line on stdout.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+use rpf_e2e::peer;
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Connect, send N bytes and read to EOF; report both hashes.
+    Bulk {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        send: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Accept connections; on each send N bytes and read to EOF.
+    ServeBulk {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        send: u64,
+        #[arg(long, default_value_t = 2)]
+        seed: u64,
+        /// Read to EOF before sending (proves half-close reaches us).
+        #[arg(long)]
+        after_eof: bool,
+    },
+    /// Echo server.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// N simultaneous connections to an echo server, each checked.
+    Many {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        connections: usize,
+        #[arg(long, default_value_t = 1000)]
+        bytes: usize,
+    },
+    /// Hold N echo connections, then try one more.
+    ProbeLimit {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        hold: usize,
+    },
+    /// Just listen (to occupy a port).
+    Listen {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Bulk {
+            connect,
+            send,
+            seed,
+        } => {
+            let tcp = TcpStream::connect(connect).await?;
+            let report = peer::bulk(tcp, send, seed, false).await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::ServeBulk {
+            listen,
+            send,
+            seed,
+            after_eof,
+        } => {
+            let listener = TcpListener::bind(listen).await?;
+            println!("listening {}", listener.local_addr()?);
+            loop {
+                let (tcp, _) = listener.accept().await?;
+                tokio::spawn(async move {
+                    match peer::bulk(tcp, send, seed, after_eof).await {
+                        Ok(r) => println!("{}", serde_json::to_string(&r).expect("json")),
+                        Err(e) => println!("{{\"error\":{:?}}}", e.to_string()),
+                    }
+                });
+            }
+        }
+        Cmd::Echo { listen } => {
+            let listener = TcpListener::bind(listen).await?;
+            println!("listening {}", listener.local_addr()?);
+            peer::echo_server(listener).await;
+        }
+        Cmd::Many {
+            connect,
+            connections,
+            bytes,
+        } => {
+            let report = peer::many(connect, connections, bytes).await;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::ProbeLimit { connect, hold } => {
+            let report = peer::probe_limit(connect, hold).await;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::Listen { listen } => {
+            let listener = TcpListener::bind(listen).await?;
+            println!("listening {}", listener.local_addr()?);
+            std::future::pending::<()>().await;
+        }
+    }
+    Ok(())
+}
