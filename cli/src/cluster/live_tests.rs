@@ -210,8 +210,54 @@ async fn transports_carry_bytes_both_ways() {
         let channel = source.open().await.expect("open");
         let mbps = echo_round_trip(channel.io, size).await;
         eprintln!(
-            "THROUGHPUT {transport:?}: {} MiB echoed in both directions at {mbps:.1} MB/s",
+            "THROUGHPUT {transport:?} (ClusterSource): {} MiB echoed in both directions at {mbps:.1} MB/s",
             size >> 20
+        );
+    }
+
+    // Nothing listens on 4598: the kubelet's words reach the reader.
+    for raw in [false, true] {
+        let mut io: Box<dyn Duplex> = if raw {
+            Box::new(
+                portforward::open_raw(&client, &pods, "echo", 4598)
+                    .await
+                    .unwrap()
+                    .0,
+            )
+        } else {
+            Box::new(portforward::open(&pods, "echo", 4598).await.unwrap().0)
+        };
+        let _ = io.write_all(b"hello").await;
+        let mut buf = [0u8; 16];
+        let err = tokio::time::timeout(Duration::from_secs(20), io.read(&mut buf))
+            .await
+            .expect("no answer from a closed port")
+            .expect_err("a closed port gives an error");
+        let text = err.to_string();
+        eprintln!("closed port (raw: {raw}): {text}");
+        assert!(
+            text.starts_with("port-forward to port 4598 of pod echo: "),
+            "{text}"
+        );
+        assert!(text.contains("4598"), "{text}");
+    }
+
+    // Both port-forward implementations side by side: kube's Portforwarder
+    // and the raw WebSocket one.
+    for round in 0..2 {
+        let (io, guard) = portforward::open(&pods, "echo", 4499)
+            .await
+            .expect("kube port-forward");
+        let kube_mbps = echo_round_trip(Box::new(io), size()).await;
+        drop(guard);
+        let (io, guard) = portforward::open_raw(&client, &pods, "echo", 4499)
+            .await
+            .expect("raw port-forward");
+        let raw_mbps = echo_round_trip(Box::new(io), size()).await;
+        drop(guard);
+        eprintln!(
+            "THROUGHPUT round {round}: kube Portforwarder {kube_mbps:.1} MB/s, raw WebSocket {raw_mbps:.1} MB/s ({} MiB echo)",
+            size() >> 20
         );
     }
 }
