@@ -41,8 +41,8 @@ pub fn review(
     // JSON of the pod, so the patch is computed against exactly what the API
     // server sent (a typed round trip could drop fields, and a patch that
     // "adds" a map we failed to see would replace the real one).
-    let raw: Value = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("request body is not JSON: {e}")))?;
+    let raw: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("request body is not JSON: {e}")))?;
     let api_version = raw.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     if raw.get("kind").and_then(Value::as_str) != Some("AdmissionReview") {
         return Err(bad("request body is not an AdmissionReview".into()));
@@ -89,9 +89,7 @@ fn answer(
         Err(e) => {
             tracing::warn!(uid = %req.uid, %pod, error = %e, "pod does not look like a pod; admitted without the sidecar");
             metrics.error("invalid_pod");
-            response.warnings = Some(vec![format!(
-                "rpf: sidecar not injected into {pod}: {e}"
-            )]);
+            response.warnings = Some(vec![format!("rpf: sidecar not injected into {pod}: {e}")]);
             return response;
         }
     };
@@ -114,7 +112,9 @@ fn answer(
             Err(e) => {
                 tracing::error!(uid = %req.uid, %pod, error = %e, "cannot serialize the patch");
                 metrics.error("serialize");
-                warnings.push(format!("rpf: sidecar not injected into {pod}: internal error: {e}"));
+                warnings.push(format!(
+                    "rpf: sidecar not injected into {pod}: internal error: {e}"
+                ));
             }
         },
     }

@@ -51,11 +51,21 @@ pub struct Args {
     pub listen: SocketAddr,
 
     /// PEM certificate (chain) to serve; reloaded when the file changes.
-    #[arg(long, env = "RPF_WEBHOOK_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "RPF_WEBHOOK_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert; reloaded when the file changes.
-    #[arg(long, env = "RPF_WEBHOOK_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "RPF_WEBHOOK_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// How often --tls-cert/--tls-key are checked for changes.
@@ -72,7 +82,12 @@ pub struct Args {
 
     /// Inject a native sidecar (Kubernetes >= 1.29) or a regular container.
     /// Pods override it with the annotation rpf.dev/native-sidecar.
-    #[arg(long, env = "RPF_WEBHOOK_NATIVE_SIDECAR", value_enum, default_value = "auto")]
+    #[arg(
+        long,
+        env = "RPF_WEBHOOK_NATIVE_SIDECAR",
+        value_enum,
+        default_value = "auto"
+    )]
     pub native_sidecar: NativeSidecar,
 
     /// Generate the CA and serving certificate, keep them in --secret-name
@@ -89,7 +104,11 @@ pub struct Args {
     pub service_name: String,
 
     /// Secret holding the self-managed CA and certificate.
-    #[arg(long, env = "RPF_WEBHOOK_SECRET_NAME", default_value = "rpf-webhook-tls")]
+    #[arg(
+        long,
+        env = "RPF_WEBHOOK_SECRET_NAME",
+        default_value = "rpf-webhook-tls"
+    )]
     pub secret_name: String,
 
     /// MutatingWebhookConfiguration whose caBundle is kept up to date.
@@ -133,7 +152,15 @@ mod tests {
 
     #[test]
     fn flags() {
-        let a = parse(&["--sidecar-image", "i:1", "--tls-cert", "c", "--tls-key", "k"]).unwrap();
+        let a = parse(&[
+            "--sidecar-image",
+            "i:1",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .unwrap();
         assert_eq!(a.listen, "0.0.0.0:8443".parse().unwrap());
         assert_eq!(a.native_sidecar, NativeSidecar::Auto);
         assert!(!a.self_managed_tls);
@@ -152,7 +179,16 @@ mod tests {
         // One TLS source, exactly.
         assert!(parse(&["--sidecar-image", "i"]).is_err());
         assert!(parse(&["--sidecar-image", "i", "--tls-cert", "c"]).is_err());
-        assert!(parse(&["--sidecar-image", "i", "--tls-cert", "c", "--tls-key", "k", "--self-managed-tls"]).is_err());
+        assert!(parse(&[
+            "--sidecar-image",
+            "i",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--self-managed-tls"
+        ])
+        .is_err());
         // The image is required.
         assert!(parse(&["--self-managed-tls"]).is_err());
     }

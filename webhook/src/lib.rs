@@ -160,7 +160,10 @@ pub async fn run_until(
     let stopping = state.clone();
     tokio::spawn(async move {
         stop.await;
-        tracing::info!(?delay, "shutting down: failing /readyz, then closing the listener");
+        tracing::info!(
+            ?delay,
+            "shutting down: failing /readyz, then closing the listener"
+        );
         stopping.accepting.store(false, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
         trigger.trigger();

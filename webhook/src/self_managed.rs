@@ -159,7 +159,8 @@ impl SelfManaged {
                 Some(Verdict::RenewLeaf(why)) => {
                     let m = stored.expect("checked above");
                     tracing::info!(secret = %what, reason = %why, "issuing a new serving certificate under the existing CA");
-                    let (cert, key) = tls::issue(&m.ca_cert, &m.ca_key, &names, self.validity.leaf)?;
+                    let (cert, key) =
+                        tls::issue(&m.ca_cert, &m.ca_key, &names, self.validity.leaf)?;
                     Material { cert, key, ..m }
                 }
                 Some(Verdict::Regenerate(why)) => {
@@ -262,7 +263,9 @@ pub fn ca_bundle_patch(
         if webhook.client_config.ca_bundle.as_ref() == Some(&want) {
             continue;
         }
-        ops.push(json!({ "op": "test", "path": format!("/webhooks/{i}/name"), "value": webhook.name }));
+        ops.push(
+            json!({ "op": "test", "path": format!("/webhooks/{i}/name"), "value": webhook.name }),
+        );
         ops.push(json!({ "op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": encoded }));
     }
     if ops.is_empty() {
@@ -433,9 +436,17 @@ mod tests {
             leaf: Duration::from_secs(10 * 24 * 3600),
         };
         let m = tls::generate(&names(), short).unwrap();
-        assert!(matches!(check(&m, &names(), MIN_REMAINING), Verdict::RenewLeaf(_)));
-        let (cert, key) = tls::issue(&m.ca_cert, &m.ca_key, &names(), Validity::default().leaf).unwrap();
-        let renewed = Material { cert, key, ..m.clone() };
+        assert!(matches!(
+            check(&m, &names(), MIN_REMAINING),
+            Verdict::RenewLeaf(_)
+        ));
+        let (cert, key) =
+            tls::issue(&m.ca_cert, &m.ca_key, &names(), Validity::default().leaf).unwrap();
+        let renewed = Material {
+            cert,
+            key,
+            ..m.clone()
+        };
         assert_eq!(check(&renewed, &names(), MIN_REMAINING), Verdict::Valid);
         assert_eq!(renewed.ca_cert, m.ca_cert);
     }
@@ -447,7 +458,10 @@ mod tests {
             leaf: Duration::from_secs(35 * 24 * 3600),
         };
         let m = tls::generate(&names(), short).unwrap();
-        assert!(matches!(check(&m, &names(), MIN_REMAINING), Verdict::Regenerate(_)));
+        assert!(matches!(
+            check(&m, &names(), MIN_REMAINING),
+            Verdict::Regenerate(_)
+        ));
     }
 
     #[test]
@@ -455,13 +469,35 @@ mod tests {
         let m = tls::generate(&names(), Validity::default()).unwrap();
         let other = tls::generate(&names(), Validity::default()).unwrap();
         let more = vec!["rpf-webhook.other.svc".to_owned()];
-        assert!(matches!(check(&m, &more, MIN_REMAINING), Verdict::RenewLeaf(_)));
-        let wrong_key = Material { key: other.key.clone(), ..m.clone() };
-        assert!(matches!(check(&wrong_key, &names(), MIN_REMAINING), Verdict::RenewLeaf(_)));
-        let foreign_leaf = Material { cert: other.cert, key: other.key, ..m.clone() };
-        assert!(matches!(check(&foreign_leaf, &names(), MIN_REMAINING), Verdict::RenewLeaf(_)));
-        let garbage_ca = Material { ca_cert: "nope".into(), ..m };
-        assert!(matches!(check(&garbage_ca, &names(), MIN_REMAINING), Verdict::Regenerate(_)));
+        assert!(matches!(
+            check(&m, &more, MIN_REMAINING),
+            Verdict::RenewLeaf(_)
+        ));
+        let wrong_key = Material {
+            key: other.key.clone(),
+            ..m.clone()
+        };
+        assert!(matches!(
+            check(&wrong_key, &names(), MIN_REMAINING),
+            Verdict::RenewLeaf(_)
+        ));
+        let foreign_leaf = Material {
+            cert: other.cert,
+            key: other.key,
+            ..m.clone()
+        };
+        assert!(matches!(
+            check(&foreign_leaf, &names(), MIN_REMAINING),
+            Verdict::RenewLeaf(_)
+        ));
+        let garbage_ca = Material {
+            ca_cert: "nope".into(),
+            ..m
+        };
+        assert!(matches!(
+            check(&garbage_ca, &names(), MIN_REMAINING),
+            Verdict::Regenerate(_)
+        ));
     }
 
     #[test]
@@ -487,7 +523,11 @@ mod tests {
         );
         // Applying it makes the configuration current: no further patch.
         let mut v = serde_json::to_value(&config).unwrap();
-        json_patch::patch(&mut v, &serde_json::from_value::<json_patch::Patch>(patch).unwrap()).unwrap();
+        json_patch::patch(
+            &mut v,
+            &serde_json::from_value::<json_patch::Patch>(patch).unwrap(),
+        )
+        .unwrap();
         let patched: MutatingWebhookConfiguration = serde_json::from_value(v).unwrap();
         assert!(ca_bundle_patch(&patched, ca).is_none());
     }

@@ -100,7 +100,11 @@ async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if !state.certs.is_loaded() {
-        (StatusCode::SERVICE_UNAVAILABLE, "TLS material not loaded yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TLS material not loaded yet\n",
+        )
+            .into_response()
     } else if !state.accepting.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else {

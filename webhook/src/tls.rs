@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::shutdown::Shutdown;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -28,7 +29,6 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
-use crate::shutdown::Shutdown;
 
 /// Why TLS material could not be loaded or generated.
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +275,8 @@ pub fn generate(names: &[String], validity: Validity) -> Result<Material, TlsErr
     let ca_key = KeyPair::generate().map_err(TlsError::Generate)?;
     let mut ca = CertificateParams::default();
     ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name.push(DnType::CommonName, "rpf-webhook-ca");
+    ca.distinguished_name
+        .push(DnType::CommonName, "rpf-webhook-ca");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -312,7 +313,9 @@ pub fn issue(
     let mut params = CertificateParams::new(names.to_vec()).map_err(TlsError::Generate)?;
     params.distinguished_name = DistinguishedName::new();
     if let Some(first) = names.first() {
-        params.distinguished_name.push(DnType::CommonName, first.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, first.as_str());
     }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

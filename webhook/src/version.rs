@@ -45,7 +45,9 @@ pub async fn detect(client: &kube::Client) -> Option<bool> {
             return None;
         }
         Err(_) => {
-            tracing::warn!("the API server did not answer /version in 10 s; using classic sidecars");
+            tracing::warn!(
+                "the API server did not answer /version in 10 s; using classic sidecars"
+            );
             return None;
         }
     };
