@@ -280,3 +280,5 @@ impl ClusterSource {
 
 #[cfg(test)]
 mod live_tests;
+#[cfg(test)]
+mod resolve_tests;
