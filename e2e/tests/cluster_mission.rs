@@ -23,6 +23,7 @@
 //! - `RPF_E2E_CLIENT_IMAGE`: a busybox image present on (or pullable by)
 //!   the node, for the app container (default `busybox:1.36`).
 //! - `RPF_E2E_SKIP_BUILD=1`: use the archives already in the build directory.
+//! - `RPF_E2E_RPF`: the `rpf` binary (default: built by cargo for this test).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
