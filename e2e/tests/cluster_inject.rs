@@ -13,6 +13,11 @@
 //!   an admission warning and no sidecar;
 //! - with the webhook killed, pod creation still works (fail open).
 //!
+//! A second test runs two replicas in `--self-managed-tls` mode against the
+//! real API server: exactly one creates the Secret, both serve the same
+//! certificate, the CA lands in the `caBundle` of every webhook of a
+//! configuration created after they started, and a restart reuses it.
+//!
 //! Everything is removed at the end, also on failure (Drop guards).
 //!
 //! The API server must be able to reach 127.0.0.1 on this machine, i.e.
@@ -79,24 +84,19 @@ struct Webhook {
 }
 
 impl Webhook {
-    fn start(kubeconfig: &PathBuf, dir: &std::path::Path, port: u16) -> Webhook {
+    fn start(kubeconfig: &PathBuf, port: u16, args: &[&str]) -> Webhook {
         let mut child = Command::new(webhook_bin())
             .args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
-                "--tls-cert",
-                dir.join("tls.crt").to_str().unwrap(),
-                "--tls-key",
-                dir.join("tls.key").to_str().unwrap(),
                 "--sidecar-image",
                 SIDECAR_IMAGE,
                 "--sidecar-image-pull-policy",
                 "Never",
-                "--native-sidecar",
-                "auto",
                 "--shutdown-delay",
                 "0s",
             ])
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -188,6 +188,24 @@ impl Drop for Cleanup {
     }
 }
 
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A name unique to this run.
+fn unique_suffix() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 1_000_000
+    )
+}
+
 fn apply(kubectl: &Kubectl, yaml: &str) -> (String, String) {
     let mut child = kubectl
         .cmd(["apply", "-f", "-"])
@@ -255,7 +273,11 @@ fn assert_injected(pod: &Value, native: bool) {
         pod["metadata"]["annotations"]["rpf.dev/injected"], SOFTWARE_VERSION,
         "pod {name}: mark"
     );
-    let list = if native { "initContainers" } else { "containers" };
+    let list = if native {
+        "initContainers"
+    } else {
+        "containers"
+    };
     let sidecar = pod["spec"][list]
         .as_array()
         .and_then(|a| a.iter().find(|c| c["name"] == SIDECAR_CONTAINER))
@@ -264,7 +286,10 @@ fn assert_injected(pod: &Value, native: bool) {
     assert_eq!(sidecar["imagePullPolicy"], "Never");
     assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
     assert_eq!(sidecar["securityContext"]["capabilities"]["drop"][0], "ALL");
-    assert_eq!(sidecar["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(
+        sidecar["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
     if native {
         assert_eq!(container_names(pod, "initContainers")[0], SIDECAR_CONTAINER);
         assert_eq!(sidecar["restartPolicy"], "Always");
@@ -273,9 +298,15 @@ fn assert_injected(pod: &Value, native: bool) {
 
 fn assert_untouched(pod: &Value) {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    assert_eq!(sidecar_count(pod), 0, "pod {name} must not be injected\n{pod:#}");
+    assert_eq!(
+        sidecar_count(pod),
+        0,
+        "pod {name} must not be injected\n{pod:#}"
+    );
     assert!(
-        pod["metadata"]["annotations"].get("rpf.dev/injected").is_none(),
+        pod["metadata"]["annotations"]
+            .get("rpf.dev/injected")
+            .is_none(),
         "pod {name} must not be marked"
     );
 }
@@ -297,15 +328,7 @@ fn webhook_injects_on_a_real_cluster() {
         if native { "native" } else { "classic" }
     ));
 
-    let suffix = format!(
-        "{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            % 1_000_000
-    );
+    let suffix = unique_suffix();
     let ns = format!("rpf-inject-e2e-{suffix}");
     let config_name = format!("rpf-inject-e2e-{suffix}");
     let dir = std::env::temp_dir().join(format!("rpf-inject-e2e-{suffix}"));
@@ -325,11 +348,19 @@ fn webhook_injects_on_a_real_cluster() {
     .unwrap();
     std::fs::write(dir.join("tls.crt"), &material.cert).unwrap();
     std::fs::write(dir.join("tls.key"), &material.key).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut webhook = Webhook::start(&kubeconfig, &dir, port);
+    let port = free_port();
+    let mut webhook = Webhook::start(
+        &kubeconfig,
+        port,
+        &[
+            "--tls-cert",
+            dir.join("tls.crt").to_str().unwrap(),
+            "--tls-key",
+            dir.join("tls.key").to_str().unwrap(),
+            "--native-sidecar",
+            "auto",
+        ],
+    );
     webhook.wait_log("serving HTTPS");
     // --native-sidecar auto asked the real API server.
     let mode = webhook.wait_log("sidecar mode chosen from the API server version");
@@ -341,7 +372,12 @@ fn webhook_injects_on_a_real_cluster() {
 
     // 2. The namespace and the webhook configuration, limited to it.
     kubectl.run(["create", "namespace", &ns]);
-    kubectl.run(["label", "namespace", &ns, &format!("rpf-e2e-inject={suffix}")]);
+    kubectl.run([
+        "label",
+        "namespace",
+        &ns,
+        &format!("rpf-e2e-inject={suffix}"),
+    ]);
     wait_for(
         "the default ServiceAccount",
         Duration::from_secs(60),
@@ -397,7 +433,10 @@ webhooks:
             apply(&kubectl, &pod_yaml(&ns, &name, &image, Some("true")));
             let pod = get_pod(&kubectl, &ns, &name);
             let _ = kubectl.try_run(["delete", "pod", "-n", &ns, &name, "--wait=false"]);
-            *last = format!("{name}: containers {:?}", container_names(&pod, "containers"));
+            *last = format!(
+                "{name}: containers {:?}",
+                container_names(&pod, "containers")
+            );
             (sidecar_count(&pod) > 0).then_some(())
         },
     );
@@ -428,7 +467,10 @@ webhooks:
         stderr.contains("rpf: rpf.dev/enabled: \"yes\" is neither"),
         "expected an admission warning, kubectl said:\n{stderr}"
     );
-    log(format!("garbage annotation: warning shown: {}", stderr.trim()));
+    log(format!(
+        "garbage annotation: warning shown: {}",
+        stderr.trim()
+    ));
 
     // 6. A pod already injected by `rpf inject` (the library the CLI uses):
     //    the webhook must not add a second sidecar.
@@ -495,10 +537,9 @@ spec:
         "a ReplicaSet pod"
     );
     assert_injected(&pod, native);
-    let deploy: Value = serde_json::from_str(&kubectl.run([
-        "get", "deployment", "-n", &ns, "web", "-o", "json",
-    ]))
-    .unwrap();
+    let deploy: Value =
+        serde_json::from_str(&kubectl.run(["get", "deployment", "-n", &ns, "web", "-o", "json"]))
+            .unwrap();
     assert_eq!(
         container_names(&deploy["spec"]["template"], "containers"),
         ["app"],
@@ -529,4 +570,193 @@ spec:
         "pod created with the webhook down in {:?}, not injected",
         start.elapsed()
     ));
+}
+
+/// The certificate a webhook on 127.0.0.1:`port` presents, verified
+/// against `ca_pem` for the DNS name `name`.
+fn served_cert(port: u16, ca_pem: &str, name: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca.crt is PEM"))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut conn = rustls::ClientConnection::new(
+        Arc::new(cfg),
+        ServerName::try_from(name.to_owned()).unwrap(),
+    )
+    .unwrap();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)
+            .unwrap_or_else(|e| panic!("TLS to 127.0.0.1:{port} as {name}: {e}"));
+    }
+    conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn secret_data(kubectl: &Kubectl, ns: &str, name: &str) -> Option<serde_json::Map<String, Value>> {
+    let json = kubectl
+        .try_run(["get", "secret", "-n", ns, name, "-o", "json"])
+        .ok()?;
+    let v: Value = serde_json::from_str(&json).unwrap();
+    v["data"].as_object().cloned()
+}
+
+fn decode(v: &Value) -> String {
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or_default())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn self_managed_tls_on_a_real_cluster() {
+    let Some(kubectl) = Kubectl::for_cluster("cluster_inject (self-managed TLS)") else {
+        return;
+    };
+    let kubeconfig = kubectl.kubeconfig.clone().expect("cluster kubeconfig");
+    let suffix = unique_suffix();
+    let ns = format!("rpf-tls-e2e-{suffix}");
+    let config_name = format!("rpf-tls-e2e-{suffix}");
+    let dir = std::env::temp_dir().join(format!("rpf-tls-e2e-{suffix}"));
+    let _cleanup = Cleanup {
+        kubectl: kubectl.clone(),
+        namespace: ns.clone(),
+        webhook_config: config_name.clone(),
+        dir,
+    };
+    kubectl.run(["create", "namespace", &ns]);
+    // A configuration with two webhooks and no caBundle, matching no
+    // namespace: only its caBundle matters here.
+    let webhook = |name: &str| {
+        format!(
+            "- name: {name}
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Ignore
+  clientConfig:
+    url: https://127.0.0.1:1/mutate
+  rules:
+  - operations: [CREATE]
+    apiGroups: [\"\"]
+    apiVersions: [v1]
+    resources: [pods]
+  namespaceSelector:
+    matchLabels:
+      rpf-e2e-never: \"{suffix}\"
+"
+        )
+    };
+    let secret = "rpf-webhook-tls";
+    let args = [
+        "--self-managed-tls",
+        "--namespace",
+        &ns,
+        "--service-name",
+        "rpf-webhook",
+        "--secret-name",
+        secret,
+        "--webhook-config-name",
+        &config_name,
+        "--native-sidecar",
+        "never",
+    ];
+
+    // Two replicas start at once, before the configuration exists.
+    let (p1, p2) = (free_port(), free_port());
+    let mut a = Webhook::start(&kubeconfig, p1, &args);
+    let mut b = Webhook::start(&kubeconfig, p2, &args);
+    a.wait_log("serving the self-managed certificate");
+    b.wait_log("serving the self-managed certificate");
+    let created = [&a, &b]
+        .iter()
+        .filter(|w| w.log().contains("created a new CA and serving certificate"))
+        .count();
+    assert_eq!(
+        created,
+        1,
+        "exactly one replica creates the Secret:\n--- a\n{}\n--- b\n{}",
+        a.log(),
+        b.log()
+    );
+    a.wait_log("waiting for the webhook configuration");
+    apply(
+        &kubectl,
+        &format!(
+            "apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: {config_name}
+webhooks:
+{}{}",
+            webhook("one.rpf.dev"),
+            webhook("two.rpf.dev")
+        ),
+    );
+
+    let data = secret_data(&kubectl, &ns, secret).expect("the Secret exists");
+    for key in ["tls.crt", "tls.key", "ca.crt", "ca.key"] {
+        assert!(data.contains_key(key), "Secret lacks {key}");
+    }
+    let ca = decode(&data["ca.crt"]);
+    // Both webhooks of the configuration get the CA (within the backoff).
+    wait_for(
+        "caBundle on every webhook",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        |last| {
+            let v: Value = serde_json::from_str(&kubectl.run([
+                "get",
+                "mutatingwebhookconfiguration",
+                &config_name,
+                "-o",
+                "json",
+            ]))
+            .unwrap();
+            let bundles: Vec<String> = v["webhooks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| decode(&w["clientConfig"]["caBundle"]))
+                .collect();
+            *last = format!(
+                "{} bundles set",
+                bundles.iter().filter(|b| **b == ca).count()
+            );
+            bundles.iter().all(|b| *b == ca).then_some(())
+        },
+    );
+    // Both replicas serve the same certificate, valid for the Service name
+    // under the published CA.
+    let svc_name = format!("rpf-webhook.{ns}.svc");
+    let cert_a = served_cert(p1, &ca, &svc_name);
+    let cert_b = served_cert(p2, &ca, &svc_name);
+    assert_eq!(cert_a, cert_b, "the replicas serve different certificates");
+    log(format!(
+        "self-managed: one Secret, caBundle on 2 webhooks, both replicas serve the same certificate for {svc_name}"
+    ));
+
+    // A restart reuses the stored material.
+    a.kill();
+    b.kill();
+    let p3 = free_port();
+    let mut c = Webhook::start(&kubeconfig, p3, &args);
+    c.wait_log("serving the self-managed certificate");
+    assert!(!c.log().contains("created a new CA"), "{}", c.log());
+    assert_eq!(served_cert(p3, &ca, &svc_name), cert_a);
+    assert_eq!(
+        secret_data(&kubectl, &ns, secret).unwrap(),
+        data,
+        "the Secret was rewritten on restart"
+    );
+    log("self-managed: restart reuses the stored certificate");
 }
