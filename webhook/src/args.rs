@@ -22,10 +22,13 @@ pub enum NativeSidecar {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PullPolicy {
     /// Pull on every start.
+    #[value(name = "Always", alias = "always")]
     Always,
     /// Pull only when absent from the node.
+    #[value(name = "IfNotPresent", alias = "if-not-present")]
     IfNotPresent,
     /// Never pull (the image must be on the node).
+    #[value(name = "Never", alias = "never")]
     Never,
 }
 
@@ -175,6 +178,31 @@ mod tests {
         assert!(a.self_managed_tls);
         assert_eq!(a.namespace, "ns");
         assert_eq!(a.native_sidecar, NativeSidecar::Never);
+
+        // Pull policies in the Kubernetes spelling (and lower case).
+        for (flag, want) in [
+            ("Never", PullPolicy::Never),
+            ("never", PullPolicy::Never),
+            ("IfNotPresent", PullPolicy::IfNotPresent),
+            ("Always", PullPolicy::Always),
+        ] {
+            let a = parse(&[
+                "--sidecar-image=i",
+                "--self-managed-tls",
+                "--sidecar-image-pull-policy",
+                flag,
+            ])
+            .unwrap();
+            assert_eq!(a.sidecar_image_pull_policy, Some(want), "{flag}");
+            assert_eq!(want.as_str(), format!("{want:?}"));
+        }
+        assert!(parse(&[
+            "--sidecar-image=i",
+            "--self-managed-tls",
+            "--sidecar-image-pull-policy",
+            "Sometimes"
+        ])
+        .is_err());
 
         // One TLS source, exactly.
         assert!(parse(&["--sidecar-image", "i"]).is_err());
