@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rpf_tunnel::cli_side::{default_bind_addrs, establish, CliConfig, Established, Forward};
+use rpf_tunnel::cli_side::{default_bind_addrs, handshake, CliConfig, Established, Forward};
 use rpf_tunnel::error::SessionError;
 use rpf_tunnel::message::{BindAddr, BoundListener};
 use rpf_tunnel::metrics::{spawn_endpoint, Metrics, Side};
@@ -218,15 +218,19 @@ async fn connect(
         Place::Pod { .. } => place.to_string(),
         Place::Via => source.describe(),
     };
-    let session = establish(io, config, metrics)
+    let greeted = handshake(io, config, metrics)
         .await
         .map_err(|e| Failure::Session(e, described.clone()))?;
-    let place = match (&place, &session.sidecar.pod, &session.sidecar.hostname) {
+    let place = match (&place, &greeted.sidecar.pod, &greeted.sidecar.hostname) {
         (Place::Pod { .. }, _, _) => place.to_string(),
         (Place::Via, Some(pod), _) => format!("pod {}/{}", pod.namespace, pod.name),
         (Place::Via, None, Some(host)) => format!("host {host}"),
         (Place::Via, None, None) => described,
     };
+    let session = greeted
+        .bind()
+        .await
+        .map_err(|e| Failure::Session(e, place.clone()))?;
     // The transport (child process, API connection) lives with the session.
     Ok((session, place, guard))
 }

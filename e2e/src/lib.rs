@@ -5,10 +5,12 @@
 //! # Layout
 //! - [`netns`]: a network namespace as a pod.
 //! - [`process`]: the binaries under test and handles on running ones.
+//! - [`fixtures`]: a pod with a sidecar, an HTTP server, the test peer.
 //! - [`peer`]: traffic generators and checkers (the test peer, the benchmark).
 //! - [`cluster`]: helpers for tests against a real Kubernetes cluster.
 
 pub mod cluster;
+pub mod fixtures;
 pub mod netns;
 pub mod peer;
 pub mod process;

@@ -88,3 +88,43 @@ impl Drop for NetNs {
             .output();
     }
 }
+
+impl NetNs {
+    /// Processes running inside the namespace.
+    pub fn pids(&self) -> Vec<u32> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Kills every process inside the namespace with SIGKILL.
+    pub fn kill_all(&self) {
+        for pid in self.pids() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Polls until nothing listens on `addr` any more; returns how long it
+    /// took, or `None` if it still listens after `timeout`.
+    pub fn wait_released(
+        &self,
+        addr: &str,
+        timeout: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if !self.is_listening(addr) {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}

@@ -1,8 +1,8 @@
 //! The CLI's end of a session: the HTTP/2 server.
 //!
-//! [`establish`] runs the handshake (HTTP/2, hellos, binding) and returns
-//! once every listener is bound, so the caller can print `Forwarding from`
-//! lines; [`Established::serve`] then carries connections until the session
+//! [`handshake`] runs HTTP/2 and the hellos (the sidecar is then known, so
+//! errors can name it); [`Greeted::bind`] binds every listener, so the
+//! caller can print `Forwarding from` lines; [`Established::serve`] then carries connections until the session
 //! ends. The sidecar is untrusted: a connection stream only names a
 //! listener id, the CLI dials what its own [`Forward`] says, and the
 //! limits and allow list are enforced here as well as in the pod.
@@ -114,12 +114,12 @@ struct State {
     ended: CancellationToken,
 }
 
-/// Runs the handshake over `io` and binds every forward.
-pub async fn establish<T>(
+/// Runs the handshake over `io`: HTTP/2, then hellos both ways.
+pub async fn handshake<T>(
     io: T,
     config: &CliConfig,
     metrics: &Metrics,
-) -> Result<Established, SessionError>
+) -> Result<Greeted, SessionError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -207,56 +207,109 @@ where
         None => return Err(SessionError::Lost("the sidecar closed the session".into())),
     };
     ctl_out.send(&Message::hello(None, None))?;
-    let listeners = config
-        .forwards
-        .iter()
-        .map(|f| ListenerSpec {
-            id: f.id,
-            port: f.remote_port,
-            addrs: f.addrs.clone(),
-            max_connections: f.max_connections,
-            allow: f.allow.clone(),
-        })
-        .collect();
-    ctl_out.send(&Message::Bind { listeners })?;
-    let bound = loop {
-        let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, ctl_in.next())
-            .await
-            .map_err(|_| step("the sidecar to bind"))??;
-        match reply {
-            Some(Message::Bound { listeners }) => break listeners,
-            Some(Message::BindFailed { id, addr, reason }) => {
-                ctl_out.finish(&Message::Goodbye {
-                    reason: format!("cannot bind {addr}"),
-                });
-                let _ = stop_tx.send(());
-                let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
-                return Err(SessionError::BindFailed { id, addr, reason });
-            }
-            Some(Message::Rejected { .. }) => continue,
-            Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
-            Some(other) => {
-                return Err(SessionError::Protocol(format!(
-                    "expected the bind result, got {other:?}"
-                )))
-            }
-            None => return Err(SessionError::Lost("the sidecar closed the session".into())),
-        }
-    };
-    metrics.sessions_total.inc();
-    Ok(Established {
+    Ok(Greeted {
         sidecar,
-        bound,
         ctl_in,
         ctl_out,
         driver,
-        stop_driver: Some(stop_tx),
+        stop_driver: stop_tx,
         pings,
         state,
+        forwards: config.forwards.clone(),
         keepalive: config.keepalive,
+        metrics: metrics.clone(),
     })
 }
 
+/// A session whose hellos are exchanged: the sidecar is known, nothing is
+/// bound yet.
+pub struct Greeted {
+    /// Who answered.
+    pub sidecar: SidecarInfo,
+    ctl_in: ControlReader,
+    ctl_out: ControlWriter,
+    driver: JoinHandle<Result<(), h2::Error>>,
+    stop_driver: oneshot::Sender<()>,
+    pings: h2::PingPong,
+    state: Arc<State>,
+    forwards: Vec<Forward>,
+    keepalive: (Duration, Duration),
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Greeted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Greeted")
+            .field("sidecar", &self.sidecar)
+            .finish()
+    }
+}
+
+impl Greeted {
+    /// Asks the sidecar to bind every forward, all or none.
+    pub async fn bind(self) -> Result<Established, SessionError> {
+        let Greeted {
+            sidecar,
+            mut ctl_in,
+            mut ctl_out,
+            driver,
+            stop_driver: stop_tx,
+            pings,
+            state,
+            forwards,
+            keepalive,
+            metrics,
+        } = self;
+        let step = |what| SessionError::Timeout(HANDSHAKE_TIMEOUT, what);
+        let listeners = forwards
+            .iter()
+            .map(|f| ListenerSpec {
+                id: f.id,
+                port: f.remote_port,
+                addrs: f.addrs.clone(),
+                max_connections: f.max_connections,
+                allow: f.allow.clone(),
+            })
+            .collect();
+        ctl_out.send(&Message::Bind { listeners })?;
+        let bound = loop {
+            let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, ctl_in.next())
+                .await
+                .map_err(|_| step("the sidecar to bind"))??;
+            match reply {
+                Some(Message::Bound { listeners }) => break listeners,
+                Some(Message::BindFailed { id, addr, reason }) => {
+                    ctl_out.finish(&Message::Goodbye {
+                        reason: format!("cannot bind {addr}"),
+                    });
+                    let _ = stop_tx.send(());
+                    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+                    return Err(SessionError::BindFailed { id, addr, reason });
+                }
+                Some(Message::Rejected { .. }) => continue,
+                Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
+                Some(other) => {
+                    return Err(SessionError::Protocol(format!(
+                        "expected the bind result, got {other:?}"
+                    )))
+                }
+                None => return Err(SessionError::Lost("the sidecar closed the session".into())),
+            }
+        };
+        metrics.sessions_total.inc();
+        Ok(Established {
+            sidecar,
+            bound,
+            ctl_in,
+            ctl_out,
+            driver,
+            stop_driver: Some(stop_tx),
+            pings,
+            state,
+            keepalive,
+        })
+    }
+}
 impl Established {
     /// Carries connections until `shutdown` fires (`Ok`: goodbye said) or
     /// the session is lost (`Err`: the caller may reconnect).

@@ -100,6 +100,8 @@ where
             ctl_out.finish(&Message::Error {
                 message: msg.clone(),
             });
+            // h2 has no flush: let the driver write the error before we go.
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut driver).await;
             return Err(SessionError::VersionMismatch(msg));
         }
         Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
