@@ -30,6 +30,8 @@ type StatusFuture = Pin<Box<dyn Future<Output = Option<Status>> + Send>>;
 pub struct ExecStream {
     inner: Join<ReadHalf<SimplexStream>, WriteHalf<SimplexStream>>,
     status: Option<StatusFuture>,
+    /// The command's failure, once reported.
+    failed: Option<String>,
     what: String,
 }
 
@@ -60,20 +62,21 @@ pub fn status_failure(status: &Status) -> Option<String> {
 }
 
 impl ExecStream {
+    /// The failure is kept once received: a failed write and the read
+    /// after it both report it.
     fn reported_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        let future = self.status.as_mut()?;
-        match future.as_mut().poll(cx) {
-            Poll::Ready(status) => {
+        if let Some(future) = self.status.as_mut() {
+            if let Poll::Ready(status) = future.as_mut().poll(cx) {
                 self.status = None;
-                status.as_ref().and_then(status_failure).map(|m| {
-                    io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        format!("{}: {m}", self.what),
-                    )
-                })
+                self.failed = status
+                    .as_ref()
+                    .and_then(status_failure)
+                    .map(|m| format!("{}: {m}", self.what));
             }
-            Poll::Pending => None,
         }
+        self.failed
+            .as_ref()
+            .map(|m| io::Error::new(io::ErrorKind::ConnectionAborted, m.clone()))
     }
 }
 
@@ -147,6 +150,7 @@ pub async fn open(
         ExecStream {
             inner: tokio::io::join(stdout, stdin),
             status,
+            failed: None,
             what,
         },
         process,

@@ -87,8 +87,9 @@ impl Drop for TestNamespace {
 /// The fake sidecar: echoes on 127.0.0.1:4499 and answers exec of
 /// `/rpf-sidecar stdio` with `cat`.
 fn echo_pod(name: &str, image: &str, sidecar: bool) -> Pod {
+    // busybox's small nc cannot choose the address: it listens on all.
     let script = "printf '#!/bin/sh\\nexec cat\\n' > /rpf-sidecar && chmod +x /rpf-sidecar && \
-                  while true; do nc -l -s 127.0.0.1 -p 4499 -e cat; done";
+                  exec nc -ll -p 4499 -e cat";
     let container = if sidecar { "rpf-sidecar" } else { "echo" };
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": name}},
@@ -99,10 +100,29 @@ fn echo_pod(name: &str, image: &str, sidecar: bool) -> Pod {
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["sh", "-c", script],
+                "readinessProbe": {
+                    "exec": {"command": ["sh", "-c", "netstat -tln | grep -q ':4499 '"]},
+                    "periodSeconds": 1,
+                },
             }],
         }
     }))
     .unwrap()
+}
+
+/// Creates a pod, waiting out the few seconds in which a new namespace has
+/// no ServiceAccount token yet.
+async fn create_pod(pods: &Api<Pod>, pod: &Pod) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match pods.create(&PostParams::default(), pod).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code >= 500 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("create pod: {e}"),
+        }
+    }
 }
 
 async fn wait_ready(pods: &Api<Pod>, name: &str) {
@@ -123,18 +143,22 @@ async fn wait_ready(pods: &Api<Pod>, name: &str) {
 
 /// Sends `size` bytes of a pattern through an echo channel while reading
 /// them back; checks every byte; returns MB/s (10^6 bytes per second).
+/// The pattern is prebuilt and compared with `==` on slices, so that this
+/// (unoptimised) test code is not what limits the measurement.
 async fn echo_round_trip(io: Box<dyn Duplex>, size: usize) -> f64 {
+    const PERIOD: usize = 251;
+    const READ: usize = 256 << 10;
+    let pattern: std::sync::Arc<Vec<u8>> =
+        std::sync::Arc::new((0..READ + 2 * PERIOD).map(|i| (i % PERIOD) as u8).collect());
     let (mut rd, mut wr) = tokio::io::split(io);
-    let pattern = |i: usize| (i % 251) as u8;
     let start = Instant::now();
+    let source = pattern.clone();
     let writer = tokio::spawn(async move {
+        // A multiple of the period, so that every chunk starts at phase 0.
+        let chunk = &source[..PERIOD * 256];
         let mut sent = 0usize;
-        let mut chunk = vec![0u8; 64 << 10];
         while sent < size {
             let n = chunk.len().min(size - sent);
-            for (j, b) in chunk[..n].iter_mut().enumerate() {
-                *b = pattern(sent + j);
-            }
             wr.write_all(&chunk[..n]).await.expect("write");
             sent += n;
         }
@@ -142,16 +166,19 @@ async fn echo_round_trip(io: Box<dyn Duplex>, size: usize) -> f64 {
         wr
     });
     let mut received = 0usize;
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; READ];
     while received < size {
         let n = tokio::time::timeout(Duration::from_secs(60), rd.read(&mut buf))
             .await
             .expect("echo stalled")
             .expect("read");
         assert!(n > 0, "echo ended after {received} of {size} bytes");
-        for (j, b) in buf[..n].iter().enumerate() {
-            assert_eq!(*b, pattern(received + j), "byte {}", received + j);
-        }
+        let phase = received % PERIOD;
+        assert!(
+            buf[..n] == pattern[phase..phase + n],
+            "corrupted data in bytes {received}..{}",
+            received + n
+        );
         received += n;
     }
     let elapsed = start.elapsed();
@@ -172,9 +199,7 @@ async fn transports_carry_bytes_both_ways() {
     let Some(client) = client().await else { return };
     let ns = TestNamespace::create(&client, "rpf-cl-raw").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    pods.create(&PostParams::default(), &echo_pod("echo", &image(), true))
-        .await
-        .expect("create pod");
+    create_pod(&pods, &echo_pod("echo", &image(), true)).await;
     wait_ready(&pods, "echo").await;
 
     for transport in [Transport::Portforward, Transport::Exec] {
@@ -217,15 +242,15 @@ async fn transports_carry_bytes_both_ways() {
 
     // Nothing listens on 4598: the kubelet's words reach the reader.
     for raw in [false, true] {
-        let mut io: Box<dyn Duplex> = if raw {
-            Box::new(
-                portforward::open_raw(&client, &pods, "echo", 4598)
-                    .await
-                    .unwrap()
-                    .0,
-            )
+        // The guard must outlive the stream: dropping it ends the forward.
+        let (mut io, _guard): (Box<dyn Duplex>, Box<dyn Send>) = if raw {
+            let (io, guard) = portforward::open(&client, &pods, "echo", 4598)
+                .await
+                .unwrap();
+            (Box::new(io), Box::new(guard))
         } else {
-            Box::new(portforward::open(&pods, "echo", 4598).await.unwrap().0)
+            let (io, guard) = portforward::open_kube(&pods, "echo", 4598).await.unwrap();
+            (Box::new(io), Box::new(guard))
         };
         let _ = io.write_all(b"hello").await;
         let mut buf = [0u8; 16];
@@ -245,12 +270,12 @@ async fn transports_carry_bytes_both_ways() {
     // Both port-forward implementations side by side: kube's Portforwarder
     // and the raw WebSocket one.
     for round in 0..2 {
-        let (io, guard) = portforward::open(&pods, "echo", 4499)
+        let (io, guard) = portforward::open_kube(&pods, "echo", 4499)
             .await
             .expect("kube port-forward");
         let kube_mbps = echo_round_trip(Box::new(io), size()).await;
         drop(guard);
-        let (io, guard) = portforward::open_raw(&client, &pods, "echo", 4499)
+        let (io, guard) = portforward::open(&client, &pods, "echo", 4499)
             .await
             .expect("raw port-forward");
         let raw_mbps = echo_round_trip(Box::new(io), size()).await;
@@ -289,9 +314,7 @@ async fn errors_on_a_real_cluster_say_what_to_do() {
         format!("deployment \"nope\" not found in namespace \"{}\"", ns.name)
     );
 
-    pods.create(&PostParams::default(), &echo_pod("plain", &image(), false))
-        .await
-        .expect("create pod");
+    create_pod(&pods, &echo_pod("plain", &image(), false)).await;
     let e = open("pod/plain", Transport::Portforward).await;
     assert!(!e.retryable);
     let text = e.to_string();
@@ -325,7 +348,7 @@ async fn errors_on_a_real_cluster_say_what_to_do() {
     // not be pulled): not running, retryable, and says why.
     let mut broken = echo_pod("broken", "rpf.invalid/none:0", true);
     broken.spec.as_mut().unwrap().containers[0].image_pull_policy = Some("Never".into());
-    pods.create(&PostParams::default(), &broken).await.unwrap();
+    create_pod(&pods, &broken).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
         let e = open("pod/broken", Transport::Portforward).await;

@@ -174,15 +174,18 @@ impl ClusterSource {
         let opened = match self.transport {
             Transport::Portforward => {
                 let port = preflight::control_port(&pod)?;
-                tokio::time::timeout(API_TIMEOUT, portforward::open(&pods, &name, port))
-                    .await
-                    .map(|r| {
-                        r.map(|(io, guard)| Channel {
-                            io: Box::new(io),
-                            place,
-                            guard: Some(Box::new(guard)),
-                        })
+                tokio::time::timeout(
+                    API_TIMEOUT,
+                    portforward::open(&self.client, &pods, &name, port),
+                )
+                .await
+                .map(|r| {
+                    r.map(|(io, guard)| Channel {
+                        io: Box::new(io),
+                        place,
+                        guard: Some(Box::new(guard)),
                     })
+                })
             }
             Transport::Exec => {
                 let command = [SIDECAR_BINARY_PATH, "stdio"];
