@@ -104,9 +104,14 @@ pub struct InjectArgs {
     #[arg(long)]
     pub all: bool,
     /// Sidecar image to inject.
-    #[arg(long, env = "RPF_SIDECAR_IMAGE", value_name = "IMAGE")]
-    pub image: Option<String>,
-    /// Inject as a native sidecar (Kubernetes >= 1.29).
+    #[arg(long, env = "RPF_SIDECAR_IMAGE", value_name = "IMAGE",
+          default_value = rpf_tunnel::protocol::DEFAULT_SIDECAR_IMAGE)]
+    pub image: String,
+    /// Image pull policy of the sidecar (Always, IfNotPresent, Never).
+    #[arg(long, value_name = "POLICY")]
+    pub image_pull_policy: Option<String>,
+    /// Inject as a native sidecar (an init container with restartPolicy
+    /// Always); only for clusters running Kubernetes 1.29 or later.
     #[arg(long)]
     pub native_sidecar: bool,
 }

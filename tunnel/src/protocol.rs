@@ -16,6 +16,12 @@ pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Name of the container the webhook (or `rpf inject`) adds to a pod.
 pub const SIDECAR_CONTAINER: &str = "rpf-sidecar";
 
+/// Sidecar image `rpf inject` uses unless told otherwise: the release that
+/// matches this binary (the manifests set the same name in one place,
+/// `manifests/base/images.env`).
+pub const DEFAULT_SIDECAR_IMAGE: &str =
+    concat!("ghcr.io/rpf-dev/rpf-sidecar:", env!("CARGO_PKG_VERSION"));
+
 /// Path of the sidecar binary inside its image (the exec channel runs it).
 pub const SIDECAR_BINARY_PATH: &str = "/rpf-sidecar";
 
