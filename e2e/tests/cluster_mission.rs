@@ -310,6 +310,9 @@ fn cluster_mission() {
     let (sidecar, webhook) = images_env();
     let (sidecar, webhook) = (with_tag(&sidecar, &tag), with_tag(&webhook, &tag));
     build_and_load(&tag);
+    // Build the CLI now, so the cluster-wide install below lasts no longer
+    // than the test needs it.
+    let rpf = rpf_binary();
 
     // 2. Install: the repo's manifests for this server version, with our images.
     let manifests = repo_root().join("manifests");
@@ -448,7 +451,6 @@ fn cluster_mission() {
     let token = format!("hello from the host, run {suffix}");
     let local = host_server(token.clone());
     let remote = 8080;
-    let rpf = rpf_binary();
     log(format!("rpf attach deploy/{app} {remote}:{local} -n {ns}"));
     let mut child = Command::new(&rpf)
         .args([
