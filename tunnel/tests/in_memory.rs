@@ -1,0 +1,199 @@
+//! Both ends of a session in one process, over an in-memory pipe, with
+//! real TCP sockets at the edges: the layer between unit tests and the
+//! end-to-end tests with separate processes.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rpf_tunnel::cli_side::{handshake, CliConfig, Forward};
+use rpf_tunnel::error::SessionError;
+use rpf_tunnel::message::BindAddr;
+use rpf_tunnel::metrics::{Metrics, Side};
+use rpf_tunnel::sidecar_side::{run_session, SidecarConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+async fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// A forward on an ephemeral port in the "pod" (port 0: the sidecar reports
+/// the port it got).
+fn forward(local_port: u16) -> Forward {
+    Forward {
+        id: 1,
+        remote_port: 0,
+        addrs: vec![BindAddr {
+            ip: "127.0.0.1".parse().unwrap(),
+            required: true,
+        }],
+        max_connections: 10,
+        allow: vec![],
+        local_host: "127.0.0.1".into(),
+        local_port,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_crosses_and_goodbye_frees_the_port() {
+    let local = echo_server().await;
+    let (cli_io, sidecar_io) = tokio::io::duplex(1 << 20);
+    let sidecar_stop = CancellationToken::new();
+    let sidecar = tokio::spawn({
+        let stop = sidecar_stop.clone();
+        async move {
+            run_session(
+                sidecar_io,
+                &SidecarConfig::default(),
+                &Metrics::new(Side::Sidecar),
+                stop,
+            )
+            .await
+        }
+    });
+    let config = CliConfig::new(vec![forward(local)]);
+    let metrics = Metrics::new(Side::Cli);
+    let session = handshake(cli_io, &config, &metrics)
+        .await
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let bound: SocketAddr = session.bound[0].addrs[0];
+    assert_ne!(bound.port(), 0);
+
+    let mut tcp = TcpStream::connect(bound).await.unwrap();
+    tcp.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(session.serve(stop.clone()));
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), sidecar)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(end.is_ok(), "{end:?}");
+    assert!(
+        TcpStream::connect(bound).await.is_err(),
+        "the port is free after goodbye"
+    );
+    // The open connection was reset along with the session.
+    let n = tcp.read(&mut buf).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    sidecar_stop.cancel();
+}
+
+/// Passes bytes until `dead` is set, then swallows writes and never yields
+/// a read again: a channel that dies without closing.
+struct BlackHole {
+    inner: DuplexStream,
+    dead: Arc<AtomicBool>,
+}
+
+impl AsyncRead for BlackHole {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BlackHole {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(data.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_channel_is_declared_dead_by_keepalive_on_both_ends() {
+    let local = echo_server().await;
+    let (cli_io, sidecar_io) = tokio::io::duplex(1 << 20);
+    let dead = Arc::new(AtomicBool::new(false));
+    let cli_io = BlackHole {
+        inner: cli_io,
+        dead: dead.clone(),
+    };
+    let keepalive = (Duration::from_millis(100), Duration::from_millis(300));
+    let sidecar_config = SidecarConfig {
+        keepalive: Some(keepalive),
+        ..SidecarConfig::default()
+    };
+    let sidecar = tokio::spawn(async move {
+        run_session(
+            sidecar_io,
+            &sidecar_config,
+            &Metrics::new(Side::Sidecar),
+            CancellationToken::new(),
+        )
+        .await
+    });
+    let mut config = CliConfig::new(vec![forward(local)]);
+    config.keepalive = keepalive;
+    let session = handshake(cli_io, &config, &Metrics::new(Side::Cli))
+        .await
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let bound = session.bound[0].addrs[0];
+    dead.store(true, Ordering::SeqCst);
+    let cli_end = tokio::time::timeout(
+        Duration::from_secs(5),
+        session.serve(CancellationToken::new()),
+    )
+    .await
+    .expect("the CLI notices");
+    assert!(
+        matches!(&cli_end, Err(SessionError::Lost(m)) if m.contains("keepalive")),
+        "{cli_end:?}"
+    );
+    let sidecar_end = tokio::time::timeout(Duration::from_secs(5), sidecar)
+        .await
+        .expect("the sidecar notices")
+        .unwrap();
+    assert!(
+        matches!(&sidecar_end, Err(SessionError::Lost(_))),
+        "{sidecar_end:?}"
+    );
+    assert!(
+        TcpStream::connect(bound).await.is_err(),
+        "the dead session's port is free"
+    );
+}
