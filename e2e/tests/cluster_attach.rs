@@ -606,14 +606,13 @@ fn cluster_attach() {
             );
             let new_pod = attach.forwarding(&ns, remote);
             assert_ne!(new_pod, pod, "reconnected to the deleted pod");
-            assert!(
-                attach
-                    .seen
-                    .iter()
-                    .any(|l| l == &format!("stderr: Reconnected to pod {ns}/{new_pod}")),
-                "no `Reconnected to` line: {:#?}",
-                attach.seen
-            );
+            // stderr and stdout interleave freely: the line may come later.
+            let reconnected = format!("stderr: Reconnected to pod {ns}/{new_pod}");
+            if !attach.seen.contains(&reconnected) {
+                attach.wait_line("`Reconnected to` on stderr", Duration::from_secs(30), |l| {
+                    (l == reconnected).then_some(())
+                });
+            }
             let got = wait_for(
                 "wget in the new pod",
                 Duration::from_secs(30),

@@ -285,6 +285,22 @@ async fn transports_carry_bytes_both_ways() {
             size() >> 20
         );
     }
+
+    // A command that fails: its Status reaches the reader.
+    let (mut io, _process) = exec::open(&pods, "echo", "rpf-sidecar", &["/no-such-binary"])
+        .await
+        .expect("exec");
+    let mut buf = [0u8; 16];
+    let err = tokio::time::timeout(Duration::from_secs(20), io.read(&mut buf))
+        .await
+        .expect("no answer from a failing exec")
+        .expect_err("a failing command gives an error");
+    eprintln!("failing exec: {err}");
+    assert!(
+        err.to_string()
+            .starts_with("exec of \"/no-such-binary\" in container rpf-sidecar of pod echo: "),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
