@@ -1,7 +1,7 @@
-//! `rpf attach` against a real cluster: both transports, pod and Deployment
-//! targets, traffic proven from inside the pod, reconnect to a replacement
-//! pod, and the error texts a user sees (not found, no sidecar, not
-//! running, forbidden).
+//! `rpf attach` against a real cluster: both transports, pod, Deployment
+//! and Service targets, traffic proven from inside the pod, reconnect to a
+//! replacement pod, and the error texts a user sees (not found, no sidecar,
+//! not running, forbidden).
 //!
 //! ```sh
 //! RPF_E2E_KUBECONFIG=~/.kube/config cargo test -p rpf-e2e --test cluster_attach -- --nocapture
@@ -302,6 +302,15 @@ spec:
     spec:
 {tpl}---
 apiVersion: v1
+kind: Service
+metadata:
+  name: api
+  namespace: {ns}
+spec:
+  selector: {{app: api}}
+  ports: [{{port: 80}}]
+---
+apiVersion: v1
 kind: Pod
 metadata:
   name: plain
@@ -558,13 +567,15 @@ fn cluster_attach() {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-attach-{suffix}"));
     std::fs::create_dir_all(&tmp).unwrap();
 
-    // 1. Traffic: pod and Deployment targets, both transports; for the
-    //    Deployment, delete its pod and follow the attach to the new one.
+    // 1. Traffic: pod and Deployment targets over both transports, and a
+    //    Service; for the Deployment, delete its pod and follow the attach
+    //    to the new one.
     let cases = [
         ("pod/web", "portforward", 18080u16),
         ("pod/web", "exec", 18081),
         ("deploy/api", "portforward", 18082),
         ("deploy/api", "exec", 18083),
+        ("svc/api", "portforward", 18084),
     ];
     for (target, transport, remote) in cases {
         log(format!(
