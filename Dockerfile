@@ -28,10 +28,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     set -eux; \
     target="$(uname -m)-unknown-linux-musl"; \
     export CC_"$(echo "$target" | tr - _)"=musl-gcc; \
-    cargo build --release --locked --target "$target" -p rpf-sidecar -p rpf-webhook; \
+    cargo build --profile dist --locked --target "$target" -p rpf-sidecar -p rpf-webhook; \
     mkdir -p /out; \
     for b in rpf-sidecar rpf-webhook; do \
-      cp "target/$target/release/$b" /out/; \
+      cp "target/$target/dist/$b" /out/; \
       file /out/$b | grep -Eq 'static(-pie)? linked' || { echo "$b is not static"; exit 1; }; \
     done
 

@@ -70,9 +70,10 @@ else
     "building $target with +crt-static instead" >&2
 fi
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-(cd "$root" && cargo build --release --target "$target" -p rpf-sidecar -p rpf-webhook)
+# The dist profile: fat LTO, one codegen unit (smallest binaries).
+(cd "$root" && cargo build --profile dist --target "$target" -p rpf-sidecar -p rpf-webhook)
 
-bin_dir=$target_dir/$target/release
+bin_dir=$target_dir/$target/dist
 for b in rpf-sidecar rpf-webhook; do
   desc=$(file -L "$bin_dir/$b")
   case $desc in

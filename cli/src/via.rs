@@ -47,6 +47,8 @@ impl ViaSource {
             })?;
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
+        rpf_tunnel::net::grow_pipe(&stdin);
+        rpf_tunnel::net::grow_pipe(&stdout);
         let (stop, stopped) = oneshot::channel::<()>();
         let described = self.describe();
         // Owns the child: reports an unexpected exit, kills it when the

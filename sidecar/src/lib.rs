@@ -98,6 +98,7 @@ pub fn describe_end(end: &SessionEnd) -> String {
 /// thread-backed stdin.
 fn stdin() -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
     let fd = io::stdin().as_fd().try_clone_to_owned()?;
+    rpf_tunnel::net::grow_pipe(&fd);
     Ok(match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(pipe) => Box::new(pipe),
         Err(_) => Box::new(tokio::io::stdin()),
@@ -107,6 +108,7 @@ fn stdin() -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
 /// Stdout as an async writer; see [`stdin`].
 fn stdout() -> io::Result<Box<dyn AsyncWrite + Send + Unpin>> {
     let fd = io::stdout().as_fd().try_clone_to_owned()?;
+    rpf_tunnel::net::grow_pipe(&fd);
     Ok(match tokio::net::unix::pipe::Sender::from_owned_fd(fd) {
         Ok(pipe) => Box::new(pipe),
         Err(_) => Box::new(tokio::io::stdout()),

@@ -56,8 +56,10 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     rpf_tunnel::net::raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the sidecar only moves bytes, and on a pod's small CPU
+    // share a single event loop beats cross-thread wakeups and costs less
+    // memory.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");

@@ -31,6 +31,10 @@ struct Args {
     /// Connections per connection-rate run.
     #[arg(long, default_value_t = 5_000)]
     connections: usize,
+    /// The sidecar binary to measure (default: next to this benchmark).
+    /// Give the shipped one (images/build.sh) to measure what pods run.
+    #[arg(long)]
+    sidecar: Option<std::path::PathBuf>,
 }
 
 const BLOCK: usize = 256 << 10;
@@ -49,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
             .spawn()
             .context("socat is needed for the relay baseline (Debian package socat)")?,
     );
-    let tunnel = Tunnel::start(&servers).await?;
+    let sidecar = args.sidecar.clone().unwrap_or_else(|| bin("rpf-sidecar"));
+    let tunnel = Tunnel::start(&servers, &sidecar).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kib(tunnel.sidecar_pid, "VmRSS")?;
 
@@ -143,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let peak_rss = rss_kib(tunnel.sidecar_pid, "VmHWM")?;
-    let size = std::fs::metadata(bin("rpf-sidecar"))?.len();
+    let size = std::fs::metadata(&sidecar)?.len();
     rows.push(Row::limit(
         "sidecar idle RSS (MiB)",
         idle_rss as f64 / 1024.0,
@@ -236,13 +241,13 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    async fn start(s: &Servers) -> anyhow::Result<Self> {
+    async fn start(s: &Servers, sidecar: &std::path::Path) -> anyhow::Result<Self> {
         let (echo, sink, source) = (free_port(), free_port(), free_port());
         let pid_file = std::env::temp_dir().join(format!("rpf-bench-{}.pid", std::process::id()));
         let via = format!(
             "echo $$ > {}; exec {} -q stdio",
             pid_file.display(),
-            bin("rpf-sidecar").display()
+            sidecar.display()
         );
         let mut child = Command::new(bin("rpf"))
             .args(["attach", "-q", "--via", &via, "--max-connections", "2000"])
