@@ -159,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         format!("{:.1}", peak_rss as f64 / 1024.0),
     ));
     rows.push(Row::limit(
-        "release rpf-sidecar binary (MB)",
+        "rpf-sidecar binary (MB)",
         size as f64 / 1e6,
         4.0,
     ));
