@@ -89,6 +89,10 @@ pub struct AttachArgs {
     /// Exit (non-zero) when the channel is lost instead of reconnecting.
     #[arg(long)]
     pub no_reconnect: bool,
+    /// How long the first attach waits for the pod to be running with its
+    /// sidecar ready (as kubectl port-forward does), e.g. 30s, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub pod_running_timeout: std::time::Duration,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,

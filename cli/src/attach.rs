@@ -73,15 +73,11 @@ pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Resul
         )),
         (None, None) => unreachable!("clap requires a target or --via"),
     };
-    supervise(
-        &mut source,
-        &config,
-        &metrics,
-        &specs,
-        !args.no_reconnect,
-        shutdown,
-    )
-    .await
+    let policy = Policy {
+        reconnect: !args.no_reconnect,
+        first_wait: args.pod_running_timeout,
+    };
+    supervise(&mut source, &config, &metrics, &specs, policy, shutdown).await
 }
 
 /// One forward per spec; ids are positions, so they are stable across
@@ -113,20 +109,31 @@ fn forwards(specs: &[PortSpec], args: &AttachArgs) -> Vec<Forward> {
         .collect()
 }
 
-/// The reconnect loop. The first attempt must succeed (like `kubectl
-/// port-forward`, fail fast on a typo); after that, a lost channel is
+/// When to try again.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    /// Reopen a lost channel (otherwise exit non-zero).
+    reconnect: bool,
+    /// How long the first attempt waits for a pod that is not ready yet.
+    first_wait: Duration,
+}
+
+/// The reconnect loop. The first attempt waits (up to `first_wait`) only
+/// for a pod that is still starting, like `kubectl port-forward`; anything
+/// else fails fast (a typo, a taken port). After that, a lost channel is
 /// reopened with jittered exponential backoff until Ctrl-C, unless
-/// `reconnect` is off.
+/// reconnecting is off.
 async fn supervise(
     source: &mut Source,
     config: &CliConfig,
     metrics: &Metrics,
     specs: &[PortSpec],
-    reconnect: bool,
+    policy: Policy,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut established_once = false;
     let mut backoff = new_backoff();
+    let first_deadline = std::time::Instant::now() + policy.first_wait;
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -134,6 +141,21 @@ async fn supervise(
         };
         let (session, place, transport) = match attempt {
             Ok(ok) => ok,
+            Err(Failure::Open(e))
+                if !established_once
+                    && e.retryable
+                    && std::time::Instant::now() < first_deadline =>
+            {
+                let delay = backoff
+                    .next()
+                    .unwrap_or(Duration::from_secs(5))
+                    .min(Duration::from_secs(5));
+                warn!("waiting for {}: {:#}", source.describe(), e.error);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
             Err(failure) if !established_once || !failure.retryable() => {
                 return Err(failure.into_error())
             }
@@ -161,7 +183,7 @@ async fn supervise(
         drop(transport);
         match served {
             Ok(()) => return Ok(()),
-            Err(e) if reconnect && e.is_retryable() => {
+            Err(e) if policy.reconnect && e.is_retryable() => {
                 eprintln!("Lost connection to {place}: {e}; reconnecting");
             }
             Err(e) => {
