@@ -13,6 +13,8 @@
 //!   unset those tests print why they are skipped and return.
 
 use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread;
@@ -264,6 +266,97 @@ pub fn with_tag(image: &str, tag: &str) -> String {
         None => image,
     };
     format!("{repo}:{tag}")
+}
+
+/// An environment variable, or `default` when unset or empty.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// A tiny HTTP server on this machine's loopback answering `body`: the
+/// "service on the developer's machine".
+pub fn host_server(body: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind host server");
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let body = body.clone();
+            thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    body.len(),
+                    body
+                );
+            });
+        }
+    });
+    port
+}
+
+/// Builds the images with `images/build.sh` (unless `RPF_E2E_SKIP_BUILD`)
+/// into `out` and loads `archives` into the node with `RPF_E2E_LOAD_IMAGE`.
+pub fn build_and_load(out: &Path, archives: &[&str], tag: &str) {
+    if std::env::var_os("RPF_E2E_SKIP_BUILD").is_none() {
+        eprintln!(
+            "[cluster] building images (tag {tag}) into {}",
+            out.display()
+        );
+        let status = Command::new("bash")
+            .arg(repo_root().join("images/build.sh"))
+            .arg("--out")
+            .arg(out)
+            .args(["--tag", tag])
+            .status()
+            .expect("run images/build.sh");
+        assert!(status.success(), "images/build.sh failed: {status}");
+    }
+    let loader = env_or("RPF_E2E_LOAD_IMAGE", "ctr -n k8s.io images import");
+    let mut words = loader.split_whitespace();
+    let program = words.next().expect("RPF_E2E_LOAD_IMAGE is empty");
+    for archive in archives {
+        let path = out.join(archive);
+        assert!(path.is_file(), "{} missing", path.display());
+        eprintln!("[cluster] loading {} with `{loader}`", path.display());
+        run(Command::new(program).args(words.clone()).arg(&path));
+    }
+}
+
+/// Writes a kustomization that installs `base` (a directory of the repo's
+/// manifests) with the locally built images.
+/// The `rpf` binary: `RPF_E2E_RPF`, or built for this test's profile.
+pub fn rpf_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RPF_E2E_RPF").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    // This test runs from <target>/<profile>/deps/; rpf goes to <target>/<profile>/.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let target_dir = profile_dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", target_dir)
+        .args(["build", "-p", "rpf-cli", "--bin", "rpf"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p rpf-cli failed");
+    profile_dir.join("rpf")
 }
 
 #[cfg(test)]

@@ -25,21 +25,15 @@
 //! - `RPF_E2E_RPF`: the `rpf` binary (default: built by cargo).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rpf_e2e::cluster::{images_env, repo_root, run, wait_for, with_tag, Kubectl};
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
+use rpf_e2e::cluster::{
+    build_and_load, env_or, host_server, images_env, rpf_binary, wait_for, with_tag, Kubectl,
+};
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[cluster_attach] {}", msg.as_ref());
@@ -153,85 +147,6 @@ impl Attach {
             Some(rest.split_whitespace().next()?.to_owned())
         })
     }
-}
-
-/// A tiny HTTP server on this machine's loopback answering `body`: the
-/// "service on the developer's machine".
-fn host_server(body: String) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind host server");
-    let port = listener.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let body = body.clone();
-            thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                    body.len(),
-                    body
-                );
-            });
-        }
-    });
-    port
-}
-
-/// Builds the sidecar image with `images/build.sh` and loads it.
-fn build_and_load(tag: &str) {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-images");
-    if std::env::var_os("RPF_E2E_SKIP_BUILD").is_none() {
-        log(format!(
-            "building images (tag {tag}) into {}",
-            out.display()
-        ));
-        let status = Command::new("bash")
-            .arg(repo_root().join("images/build.sh"))
-            .arg("--out")
-            .arg(&out)
-            .args(["--tag", tag])
-            .status()
-            .expect("run images/build.sh");
-        assert!(status.success(), "images/build.sh failed: {status}");
-    }
-    let loader = env_or("RPF_E2E_LOAD_IMAGE", "ctr -n k8s.io images import");
-    let mut words = loader.split_whitespace();
-    let program = words.next().expect("RPF_E2E_LOAD_IMAGE is empty");
-    let path = out.join("rpf-sidecar.tar");
-    assert!(path.is_file(), "{} missing", path.display());
-    log(format!("loading {} with `{loader}`", path.display()));
-    run(Command::new(program).args(words).arg(&path));
-}
-
-/// The `rpf` binary: `RPF_E2E_RPF`, else built with cargo next to this test.
-fn rpf_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("RPF_E2E_RPF").filter(|v| !v.is_empty()) {
-        return PathBuf::from(p);
-    }
-    // This test runs from <target>/<profile>/deps/; rpf goes to <target>/<profile>/.
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo_root())
-        .env("CARGO_TARGET_DIR", target_dir)
-        .args(["build", "-p", "rpf-cli", "--bin", "rpf"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p rpf-cli failed");
-    profile_dir.join("rpf")
 }
 
 /// `kubectl apply -f -` with `yaml` on stdin.
@@ -525,7 +440,11 @@ fn cluster_attach() {
     let tag = env_or("RPF_E2E_IMAGE_TAG", "e2e");
     let sidecar = with_tag(&images_env().0, &tag);
     let client = env_or("RPF_E2E_CLIENT_IMAGE", "busybox:1.36");
-    build_and_load(&tag);
+    build_and_load(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-images"),
+        &["rpf-sidecar.tar"],
+        &tag,
+    );
     let rpf = rpf_binary();
 
     let suffix = format!(
