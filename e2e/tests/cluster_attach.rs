@@ -4,7 +4,7 @@
 //! not running, forbidden).
 //!
 //! ```sh
-//! RPF_E2E_KUBECONFIG=~/.kube/config cargo test -p rpf-e2e --test cluster_attach -- --nocapture
+//! RPF_E2E_KUBECONFIG=~/.kube/config cargo test -p rpf-e2e --test cluster_attach -- --ignored --nocapture
 //! ```
 //!
 //! Without `RPF_E2E_KUBECONFIG` it prints "skipped: RPF_E2E_KUBECONFIG not
@@ -430,6 +430,7 @@ fn attach_fails(rpf: &Path, kubeconfig: &Path, args: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs a cluster: set RPF_E2E_KUBECONFIG and run with --ignored"]
 fn cluster_attach() {
     let Some(kubectl) = Kubectl::for_cluster("cluster_attach") else {
         return;
@@ -595,7 +596,13 @@ fn cluster_attach() {
         e.contains("rpf inject -f manifest.yaml | kubectl apply -f -"),
         "{e}"
     );
-    let e = attach_fails(&rpf, &kubeconfig, &["-n", &ns, "stuck", &spec]);
+    // A pod that never starts is waited for (--pod-running-timeout), then
+    // named with its state.
+    let e = attach_fails(
+        &rpf,
+        &kubeconfig,
+        &["-n", &ns, "--pod-running-timeout", "3s", "stuck", &spec],
+    );
     assert!(
         e.contains(&format!(
             "error: pod {ns}/stuck is not running (phase Pending"

@@ -24,7 +24,7 @@
 //! run on it (a single-node lab, kind with host networking, ...).
 //!
 //! ```sh
-//! RPF_E2E_KUBECONFIG=~/.kube/config cargo test -p rpf-e2e --test cluster_inject -- --nocapture
+//! RPF_E2E_KUBECONFIG=~/.kube/config cargo test -p rpf-e2e --test cluster_inject -- --ignored --nocapture
 //! ```
 //!
 //! Environment:
@@ -312,6 +312,7 @@ fn assert_untouched(pod: &Value) {
 }
 
 #[test]
+#[ignore = "needs a cluster: set RPF_E2E_KUBECONFIG and run with --ignored"]
 fn webhook_injects_on_a_real_cluster() {
     let Some(kubectl) = Kubectl::for_cluster("cluster_inject") else {
         return;
@@ -619,6 +620,7 @@ fn decode(v: &Value) -> String {
 }
 
 #[test]
+#[ignore = "needs a cluster: set RPF_E2E_KUBECONFIG and run with --ignored"]
 fn self_managed_tls_on_a_real_cluster() {
     let Some(kubectl) = Kubectl::for_cluster("cluster_inject (self-managed TLS)") else {
         return;

@@ -8,7 +8,7 @@
 //! Runs only when `RPF_E2E_KUBECONFIG` names a kubeconfig:
 //! ```sh
 //! RPF_E2E_KUBECONFIG=~/.kube/config RPF_E2E_CLIENT_IMAGE=busybox:1.36 \
-//!   cargo test -p rpf-cli --lib cluster::live_tests -- --nocapture --test-threads 1
+//!   cargo test -p rpf-cli --lib cluster::live_tests -- --ignored --nocapture --test-threads 1
 //! ```
 //! `RPF_E2E_CLIENT_IMAGE` is a busybox image the node has (default
 //! `busybox:1.36`, pulled if allowed); `RPF_E2E_THROUGHPUT_MIB` sets the
@@ -195,6 +195,7 @@ fn size() -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a cluster: set RPF_E2E_KUBECONFIG and run with --ignored"]
 async fn transports_carry_bytes_both_ways() {
     let Some(client) = client().await else { return };
     let ns = TestNamespace::create(&client, "rpf-cl-raw").await;
@@ -304,6 +305,7 @@ async fn transports_carry_bytes_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster: set RPF_E2E_KUBECONFIG and run with --ignored"]
 async fn errors_on_a_real_cluster_say_what_to_do() {
     let Some(client) = client().await else { return };
     let ns = TestNamespace::create(&client, "rpf-cl-err").await;
