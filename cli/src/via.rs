@@ -40,6 +40,10 @@ impl ViaSource {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // Its own process group: a Ctrl-C in the terminal reaches only
+            // rpf, which says goodbye and closes the pipe; the sidecar then
+            // ends by itself instead of dying mid-goodbye.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
