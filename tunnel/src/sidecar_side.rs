@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::control::{ControlReader, ControlWriter};
@@ -50,11 +51,34 @@ pub enum SessionEnd {
 }
 
 /// Runs one session over `io` until it ends.
+///
+/// Returns only once every listener of the session is closed, so the ports
+/// are free by the time the caller hears that the session ended.
 pub async fn run_session<T>(
     io: T,
     config: &SidecarConfig,
     metrics: &Metrics,
     shutdown: CancellationToken,
+) -> Result<SessionEnd, SessionError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = shutdown.child_token();
+    let accept_tasks = TaskTracker::new();
+    let end = session_until_end(io, config, metrics, shutdown, &session, &accept_tasks).await;
+    session.cancel();
+    accept_tasks.close();
+    accept_tasks.wait().await;
+    end
+}
+
+async fn session_until_end<T>(
+    io: T,
+    config: &SidecarConfig,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+    session: &CancellationToken,
+    accept_tasks: &TaskTracker,
 ) -> Result<SessionEnd, SessionError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -66,7 +90,6 @@ where
     let pings = conn.ping_pong().expect("ping_pong is taken once");
     let mut driver = tokio::spawn(conn);
     // Everything this session opens dies with it, even if we return early.
-    let session = shutdown.child_token();
     let _close_all = session.clone().drop_guard();
 
     let mut send_req = send_req.ready().await.map_err(SessionError::lost)?;
@@ -151,7 +174,7 @@ where
                                 let spec = listeners.iter().find(|s| s.id == id).expect("bound from specs");
                                 let limit = Arc::new(Semaphore::new(spec.max_connections as usize));
                                 for (listener, _) in ls {
-                                    tokio::spawn(accept_loop(listener, spec.clone(), limit.clone(), ctx.clone()));
+                                    accept_tasks.spawn(accept_loop(listener, spec.clone(), limit.clone(), ctx.clone()));
                                 }
                             }
                             Message::Bound { listeners: report }
