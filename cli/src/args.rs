@@ -79,7 +79,7 @@ pub struct AttachArgs {
     #[arg(long = "address", value_name = "ADDR")]
     pub addresses: Vec<IpAddr>,
     /// Concurrent connections allowed per forwarded port.
-    #[arg(long, value_name = "N", default_value_t = rpf_tunnel::protocol::DEFAULT_MAX_CONNECTIONS,
+    #[arg(long, value_name = "N", default_value_t = rpf_proto::DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_connections: u32,
     /// Accept connections in the pod only from these peers (CIDR), repeatable.
@@ -109,7 +109,7 @@ pub struct InjectArgs {
     pub all: bool,
     /// Sidecar image to inject.
     #[arg(long, env = "RPF_SIDECAR_IMAGE", value_name = "IMAGE",
-          default_value = rpf_tunnel::protocol::DEFAULT_SIDECAR_IMAGE)]
+          default_value = rpf_proto::DEFAULT_SIDECAR_IMAGE)]
     pub image: String,
     /// Image pull policy of the sidecar (Always, IfNotPresent, Never).
     #[arg(long, value_name = "POLICY")]

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use backon::{BackoffBuilder, ExponentialBuilder};
+use rpf_proto::message::{BindAddr, BindErrorKind, BoundListener};
+use rpf_proto::Side;
 use rpf_tunnel::cli_side::{default_bind_addrs, handshake, CliConfig, Established, Forward};
 use rpf_tunnel::error::SessionError;
-use rpf_tunnel::message::{BindAddr, BoundListener};
-use rpf_tunnel::metrics::{spawn_endpoint, Metrics, Side};
+use rpf_tunnel::metrics::{spawn_endpoint, Metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -260,11 +261,11 @@ async fn connect(
 /// Words a session failure with the place and the next step.
 fn session_error(e: SessionError, place: &str) -> anyhow::Error {
     match e {
-        SessionError::BindFailed { addr, reason, .. } if reason.contains("in use") => anyhow::anyhow!(
+        SessionError::BindFailed { addr, kind: BindErrorKind::InUse, .. } => anyhow::anyhow!(
             "port {} is already in use in {place} ({addr}): pick another REMOTE port, or stop what listens there",
             addr.port()
         ),
-        SessionError::BindFailed { addr, reason, .. } if reason.contains("permission denied") => anyhow::anyhow!(
+        SessionError::BindFailed { addr, kind: BindErrorKind::PermissionDenied, .. } => anyhow::anyhow!(
             "cannot bind {addr} in {place}: permission denied: ports below 1024 need the pod annotation rpf.dev/lowest-port: \"{}\" (set before the pod is created)",
             addr.port()
         ),

@@ -43,7 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use rpf_e2e::cluster::{wait_for, Kubectl};
 use rpf_inject::InjectConfig;
-use rpf_tunnel::protocol::{SIDECAR_CONTAINER, SOFTWARE_VERSION};
+use rpf_proto::{SIDECAR_CONTAINER, SOFTWARE_VERSION};
 use rpf_webhook::tls::{self, Validity};
 use serde_json::Value;
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rpf_e2e::fixtures::{testpeer, HttpServer, Pod};
 use rpf_e2e::process::{bin, free_port, Attach, Background};
-use rpf_tunnel::message::{Decoder, Message};
-use rpf_tunnel::protocol::wire;
+use rpf_proto::message::{Decoder, Message};
+use rpf_proto::wire;
 
 #[test]
 fn malformed_specs_fail_before_anything_starts() {

@@ -21,7 +21,7 @@
 //!
 //! Everything here is a pure function of its inputs: no I/O, no clock, no
 //! Kubernetes client. The annotation keys and names come from
-//! [`rpf_tunnel::protocol`].
+//! [`rpf_proto`].
 
 pub mod config;
 pub mod manifests;

@@ -6,7 +6,7 @@
 //! that object, plus the [`Decision`] taken and [`Warning`]s for the user.
 //!
 //! What the pod's annotations control (keys from
-//! [`rpf_tunnel::protocol::annotations`]):
+//! [`rpf_proto::annotations`]):
 //!
 //! | annotation | values | effect |
 //! |---|---|---|
@@ -20,9 +20,7 @@ use std::fmt;
 
 use json_patch::jsonptr::{PointerBuf, Token};
 use json_patch::{AddOperation, Patch, PatchOperation};
-use rpf_tunnel::protocol::{
-    annotations, DEFAULT_CONTROL_PORT, SIDECAR_CONTAINER, SOFTWARE_VERSION,
-};
+use rpf_proto::{annotations, DEFAULT_CONTROL_PORT, SIDECAR_CONTAINER, SOFTWARE_VERSION};
 use serde_json::{json, Map, Value};
 
 use crate::{sidecar, InjectConfig};

@@ -7,7 +7,7 @@
 //! only thing it does is bind sockets in the pod's network namespace (ports
 //! below 1024 are handled with a pod sysctl, see [`crate::pod`]).
 
-use rpf_tunnel::protocol::{env, SIDECAR_BINARY_PATH, SIDECAR_CONTAINER};
+use rpf_proto::{env, SIDECAR_BINARY_PATH, SIDECAR_CONTAINER};
 use serde_json::{json, Value};
 
 use crate::InjectConfig;

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use pretty_assertions::assert_eq;
 use rpf_inject::{pod_patch, Decision, InjectConfig, Selection, SkipReason};
-use rpf_tunnel::protocol::SOFTWARE_VERSION;
+use rpf_proto::SOFTWARE_VERSION;
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> PathBuf {

@@ -2,7 +2,7 @@
 
 use pretty_assertions::assert_eq;
 use rpf_inject::{inject_manifests, InjectConfig, ManifestError};
-use rpf_tunnel::protocol::{SIDECAR_CONTAINER, SOFTWARE_VERSION};
+use rpf_proto::{SIDECAR_CONTAINER, SOFTWARE_VERSION};
 use serde_json::{json, Value};
 
 const INPUT: &str = include_str!("fixtures/manifests/input.yaml");

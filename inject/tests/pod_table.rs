@@ -6,7 +6,7 @@ use rpf_inject::{
     inject_pod, pod_patch, template_patch, Decision, InjectConfig, InjectError, Selection,
     SkipReason,
 };
-use rpf_tunnel::protocol::{SIDECAR_CONTAINER, SOFTWARE_VERSION};
+use rpf_proto::{SIDECAR_CONTAINER, SOFTWARE_VERSION};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "registry.example/rpf-sidecar:test";

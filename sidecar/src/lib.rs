@@ -12,10 +12,10 @@
 use std::io;
 use std::os::fd::AsFd;
 
+use rpf_proto::env;
+use rpf_proto::message::PodRef;
 use rpf_tunnel::error::SessionError;
-use rpf_tunnel::message::PodRef;
 use rpf_tunnel::metrics::Metrics;
-use rpf_tunnel::protocol::env;
 use rpf_tunnel::sidecar_side::{run_session, SessionEnd, SidecarConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rpf_tunnel::metrics::{spawn_endpoint, Metrics, Side};
-use rpf_tunnel::protocol::DEFAULT_CONTROL_PORT;
+use rpf_proto::Side;
+use rpf_proto::DEFAULT_CONTROL_PORT;
+use rpf_tunnel::metrics::{spawn_endpoint, Metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -90,7 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot bind the control port {control_addr} (set the pod annotation rpf.dev/control-port to another port)"))?;
             info!(
                 "rpf-sidecar {} listening on {control_addr}",
-                rpf_tunnel::protocol::SOFTWARE_VERSION
+                rpf_proto::SOFTWARE_VERSION
             );
             rpf_sidecar::serve(listener, config, metrics, shutdown).await;
             Ok(())

@@ -25,13 +25,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::{ControlReader, ControlWriter};
-use crate::error::{version_mismatch, Role, SessionError};
+use crate::error::SessionError;
 use crate::http2::{self, KeepaliveEnd, HANDSHAKE_TIMEOUT};
-use crate::message::{BindAddr, BoundListener, ListenerSpec, Message, PodRef, RejectReason};
 use crate::metrics::{ErrorType, Metrics};
 use crate::net::{canonical_ip, describe_io_error, dial};
-use crate::protocol::{tuning, wire, PROTOCOL_VERSION};
 use crate::pump::{splice, Meters, PumpError};
+use rpf_proto::message::{BindAddr, BoundListener, ListenerSpec, Message, PodRef, RejectReason};
+use rpf_proto::{tuning, wire, PROTOCOL_VERSION};
+use rpf_proto::{version_mismatch, Side};
 
 /// One reverse port forward, as the user asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +185,7 @@ where
             hostname,
         }) => {
             if protocol != PROTOCOL_VERSION {
-                let msg = version_mismatch(PROTOCOL_VERSION, protocol, &software, Role::Cli);
+                let msg = version_mismatch(PROTOCOL_VERSION, protocol, &software, Side::Cli);
                 ctl_out.finish(&Message::Error {
                     message: msg.clone(),
                 });
@@ -278,13 +279,23 @@ impl Greeted {
                 .map_err(|_| step("the sidecar to bind"))??;
             match reply {
                 Some(Message::Bound { listeners }) => break listeners,
-                Some(Message::BindFailed { id, addr, reason }) => {
+                Some(Message::BindFailed {
+                    id,
+                    addr,
+                    reason,
+                    kind,
+                }) => {
                     ctl_out.finish(&Message::Goodbye {
                         reason: format!("cannot bind {addr}"),
                     });
                     let _ = stop_tx.send(());
                     let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
-                    return Err(SessionError::BindFailed { id, addr, reason });
+                    return Err(SessionError::BindFailed {
+                        id,
+                        addr,
+                        reason,
+                        kind,
+                    });
                 }
                 Some(Message::Rejected { .. }) => continue,
                 Some(Message::Error { message }) => return Err(SessionError::Remote(message)),

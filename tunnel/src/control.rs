@@ -5,7 +5,7 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
 use crate::error::SessionError;
-use crate::message::{Decoder, Message};
+use rpf_proto::message::{Decoder, Message};
 
 /// Reads control messages from the peer.
 #[derive(Debug)]

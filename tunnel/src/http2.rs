@@ -15,7 +15,7 @@ use bytes::Bytes;
 use h2::{Ping, PingPong};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::protocol::tuning;
+use rpf_proto::tuning;
 
 /// How long the HTTP/2 handshake may take before the channel is given up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

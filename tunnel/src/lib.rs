@@ -1,12 +1,10 @@
 //! # rpf-tunnel
 //!
 //! The data plane of rpf, shared by both ends. It knows nothing about
-//! Kubernetes: a session runs over any full-duplex byte stream (a
+//! Kubernetes: names, numbers and messages come from `rpf-proto`; a session runs over any full-duplex byte stream (a
 //! port-forward, an exec, a pipe to a `--via` command).
 //!
 //! # Layout
-//! - [`protocol`]: names and numbers every rpf binary shares.
-//! - [`message`]: control messages on the session stream and their framing.
 //! - [`http2`]: HTTP/2 settings for both ends, and the keepalive.
 //! - [`control`]: the session stream as typed messages.
 //! - [`pump`]: TCP connection ⇄ HTTP/2 stream, with TCP's half-close and abort.
@@ -20,9 +18,7 @@ pub mod cli_side;
 pub mod control;
 pub mod error;
 pub mod http2;
-pub mod message;
 pub mod metrics;
 pub mod net;
-pub mod protocol;
 pub mod pump;
 pub mod sidecar_side;

@@ -23,18 +23,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::message::RejectReason;
+use rpf_proto::message::RejectReason;
+use rpf_proto::Side;
 
 type Labels = Vec<(&'static str, &'static str)>;
-
-/// Which end of the tunnel the metrics describe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The `rpf` CLI: `rpf_portforward_reverse_*`.
-    Cli,
-    /// The in-pod sidecar: `rpf_sidecar_reverse_*`.
-    Sidecar,
-}
 
 /// Kinds of per-connection errors, the `error_type` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::tuning::READ_CHUNK;
+use rpf_proto::tuning::READ_CHUNK;
 
 /// Reads shorter than this are copied into a right-sized buffer, so that an
 /// interactive connection does not pin a whole read buffer per message.

@@ -23,12 +23,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::control::{ControlReader, ControlWriter};
-use crate::error::{version_mismatch, Role, SessionError};
+use crate::error::SessionError;
 use crate::http2::{self, KeepaliveEnd, HANDSHAKE_TIMEOUT};
-use crate::message::{BoundListener, ListenerSpec, Message, PodRef, RejectReason};
 use crate::metrics::{ErrorType, Metrics};
-use crate::protocol::{tuning, wire, PROTOCOL_VERSION};
 use crate::pump::{self, splice, Meters, PumpError};
+use rpf_proto::message::{
+    BindErrorKind, BoundListener, ListenerSpec, Message, PodRef, RejectReason,
+};
+use rpf_proto::{tuning, wire, PROTOCOL_VERSION};
+use rpf_proto::{version_mismatch, Side};
 
 /// What the sidecar knows about itself, told to the CLI in its hello.
 #[derive(Debug, Clone, Default)]
@@ -119,7 +122,7 @@ where
         Some(Message::Hello {
             protocol, software, ..
         }) => {
-            let msg = version_mismatch(PROTOCOL_VERSION, protocol, &software, Role::Sidecar);
+            let msg = version_mismatch(PROTOCOL_VERSION, protocol, &software, Side::Sidecar);
             ctl_out.finish(&Message::Error {
                 message: msg.clone(),
             });
@@ -241,6 +244,12 @@ async fn bind_all(specs: &[ListenerSpec]) -> Result<BoundSet, Message> {
                         id: spec.id,
                         addr: sa,
                         reason: crate::net::describe_io_error(&e),
+                        kind: match e.kind() {
+                            io::ErrorKind::AddrInUse => BindErrorKind::InUse,
+                            io::ErrorKind::PermissionDenied => BindErrorKind::PermissionDenied,
+                            _ if family_missing(&e) => BindErrorKind::AddressMissing,
+                            _ => BindErrorKind::Other,
+                        },
                     })
                 }
             }
@@ -257,6 +266,7 @@ async fn bind_all(specs: &[ListenerSpec]) -> Result<BoundSet, Message> {
                 id: spec.id,
                 addr: sa,
                 reason: "none of the requested addresses exists in the pod".into(),
+                kind: BindErrorKind::AddressMissing,
             });
         }
         bound.push((spec.id, mine));

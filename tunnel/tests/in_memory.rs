@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rpf_proto::message::BindAddr;
+use rpf_proto::Side;
 use rpf_tunnel::cli_side::{handshake, CliConfig, Forward};
 use rpf_tunnel::error::SessionError;
-use rpf_tunnel::message::BindAddr;
-use rpf_tunnel::metrics::{Metrics, Side};
+use rpf_tunnel::metrics::Metrics;
 use rpf_tunnel::sidecar_side::{run_session, SidecarConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube::core::admission::AdmissionReview;
 use kube::core::DynamicObject;
 use rpf_inject::{pod_patch, InjectConfig, Selection};
-use rpf_tunnel::protocol::SIDECAR_CONTAINER;
+use rpf_proto::SIDECAR_CONTAINER;
 use rpf_webhook::tls::{self, Material, Validity};
 use rpf_webhook::Args;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -262,7 +262,7 @@ async fn annotated_pod_gets_the_sidecar_patch() {
     assert_eq!(containers, ["app", SIDECAR_CONTAINER]);
     assert_eq!(
         pod["metadata"]["annotations"]["rpf.dev/injected"],
-        rpf_tunnel::protocol::SOFTWARE_VERSION
+        rpf_proto::SOFTWARE_VERSION
     );
     // Other annotations survived.
     assert!(pod["metadata"]["annotations"]

@@ -25,7 +25,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use rpf_tunnel::protocol::{SIDECAR_BINARY_PATH, SIDECAR_CONTAINER};
+use rpf_proto::{SIDECAR_BINARY_PATH, SIDECAR_CONTAINER};
 
 use crate::args::{AttachArgs, Transport};
 use crate::channel::{Channel, OpenError, Place};

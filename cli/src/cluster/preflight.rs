@@ -8,7 +8,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::PostParams;
 use kube::{Api, Client};
-use rpf_tunnel::protocol::{annotations, DEFAULT_CONTROL_PORT, SIDECAR_CONTAINER};
+use rpf_proto::{annotations, DEFAULT_CONTROL_PORT, SIDECAR_CONTAINER};
 
 use crate::cluster::error::{ClusterError, Permission};
 

@@ -1,8 +1,5 @@
-//! The contract every rpf binary shares: protocol version, HTTP/2 paths and
-//! header names, pod annotations, container names and default tuning.
-//!
-//! Keeping these in one module means the sidecar, the CLI, the webhook and
-//! `rpf inject` can never disagree about a name.
+//! Names and numbers: protocol version, HTTP/2 paths and header names, pod
+//! annotations, container names and default tuning.
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::PROTOCOL_VERSION;
+use crate::{PROTOCOL_VERSION, SOFTWARE_VERSION};
 
 /// Longest control message accepted; anything longer is a protocol error.
 pub const MAX_MESSAGE_LEN: usize = 1 << 20;
@@ -78,6 +78,22 @@ impl RejectReason {
     }
 }
 
+/// Why a listener could not be bound, as far as the CLI's advice goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindErrorKind {
+    /// Something else in the pod already listens on the port.
+    InUse,
+    /// The port is below the pod's unprivileged-port floor.
+    PermissionDenied,
+    /// None of the requested addresses exists in the pod.
+    AddressMissing,
+    /// Anything else (and any kind a newer sidecar may add).
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
 /// Every message either end may send on the session stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -113,6 +129,10 @@ pub enum Message {
         addr: SocketAddr,
         /// The operating system's reason, e.g. "address already in use".
         reason: String,
+        /// What kind of failure, so the CLI can advise without parsing
+        /// `reason` (absent from older sidecars: [`BindErrorKind::Other`]).
+        #[serde(default)]
+        kind: BindErrorKind,
     },
     /// Sidecar → CLI: a pod connection was refused before reaching the CLI.
     Rejected {
@@ -140,7 +160,7 @@ impl Message {
     pub fn hello(pod: Option<PodRef>, hostname: Option<String>) -> Self {
         Message::Hello {
             protocol: PROTOCOL_VERSION,
-            software: crate::protocol::SOFTWARE_VERSION.to_string(),
+            software: SOFTWARE_VERSION.to_string(),
             pod,
             hostname,
         }
@@ -171,9 +191,15 @@ pub enum DecodeError {
 }
 
 /// Splits a byte stream into messages, one per line.
+///
+/// Each byte is searched for the newline once, however the line is split
+/// into frames: a peer that sends a long line in tiny pieces costs linear,
+/// not quadratic, time.
 #[derive(Debug, Default)]
 pub struct Decoder {
     buf: BytesMut,
+    /// How much of `buf` is known to hold no newline.
+    scanned: usize,
 }
 
 impl Decoder {
@@ -184,12 +210,18 @@ impl Decoder {
 
     /// The next complete message, if one has arrived.
     pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
-        let Some(end) = self.buf.iter().position(|b| *b == b'\n') else {
+        let Some(offset) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') else {
+            self.scanned = self.buf.len();
             if self.buf.len() > MAX_MESSAGE_LEN {
                 return Err(DecodeError::TooLong);
             }
             return Ok(None);
         };
+        let end = self.scanned + offset;
+        if end > MAX_MESSAGE_LEN {
+            return Err(DecodeError::TooLong);
+        }
+        self.scanned = 0;
         let line = self.buf.split_to(end);
         self.buf.advance(1);
         serde_json::from_slice(&line)
@@ -250,6 +282,7 @@ mod tests {
                 id: 1,
                 addr: "127.0.0.1:8080".parse().unwrap(),
                 reason: "address already in use".into(),
+                kind: BindErrorKind::InUse,
             },
             Message::Rejected {
                 id: 1,
@@ -304,6 +337,42 @@ mod tests {
                 Err(DecodeError::Malformed { .. })
             ));
         }
+    }
+
+    #[test]
+    fn bind_failures_of_older_or_newer_sidecars_decode_as_other() {
+        for line in [
+            &b"{\"type\":\"bind_failed\",\"id\":1,\"addr\":\"127.0.0.1:1\",\"reason\":\"x\"}\n"[..],
+            b"{\"type\":\"bind_failed\",\"id\":1,\"addr\":\"127.0.0.1:1\",\"reason\":\"x\",\"kind\":\"new\"}\n",
+        ] {
+            let mut dec = Decoder::default();
+            dec.extend(line);
+            assert!(matches!(
+                dec.next_message().unwrap(),
+                Some(Message::BindFailed { kind: BindErrorKind::Other, .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_long_line_in_tiny_pieces_is_scanned_once() {
+        // Each call may scan only the bytes that arrived since the last
+        // one: the scan position keeps up with the buffer, it never restarts
+        // from the front while the line is incomplete.
+        let mut dec = Decoder::default();
+        dec.extend(b"{\"type\":\"goodbye\",\"reason\":\"");
+        for _ in 0..(64 << 10) {
+            let before = dec.buf.len();
+            dec.extend(b"x");
+            assert!(dec.next_message().unwrap().is_none());
+            assert_eq!(dec.scanned, before + 1);
+        }
+        dec.extend(b"\"}\n");
+        let Some(Message::Goodbye { reason }) = dec.next_message().unwrap() else {
+            panic!("expected the goodbye");
+        };
+        assert_eq!(reason.len(), 64 << 10);
+        assert_eq!((dec.pending(), dec.scanned), (0, 0));
     }
 
     #[test]
