@@ -58,11 +58,22 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    // h2's own diagnostics are the peer's to trigger: only with -vv.
+    let noise = if verbose >= 2 {
+        ""
+    } else {
+        rpf_tunnel::ratelimit::PEER_NOISE_FILTER
+    };
+    let targets: tracing_subscriber::filter::Targets =
+        format!("{level},{noise}").parse().expect("valid filter");
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .finish()
+        .with(targets)
         .init();
 }
 

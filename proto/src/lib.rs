@@ -9,12 +9,14 @@
 //!   annotations, environment variables, default tuning, HTTP/2 paths and
 //!   headers.
 //! - [`message`]: control messages on the session stream and their framing.
+//! - [`untrusted`]: peer text escaped and cut before it is printed.
 //! - [`Side`] and [`version_mismatch`]: which end speaks, and the one wording
 //!   both ends use when their versions differ.
 
 mod contract;
 pub mod message;
 mod side;
+pub mod untrusted;
 
 pub use contract::*;
 pub use side::{version_mismatch, Side};

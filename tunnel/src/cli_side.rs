@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::control::{ControlReader, ControlWriter};
 use crate::error::SessionError;
@@ -344,11 +344,11 @@ impl Established {
                         let port = self.state.forwards.get(&id).map(|(f, _)| f.remote_port).unwrap_or(0);
                         self.state.metrics.rejected(reason).inc();
                         match reason {
-                            RejectReason::Limit => warn!(
+                            RejectReason::Limit => crate::warn_limited!(
                                 "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
                                 self.state.forwards.get(&id).map(|(f, _)| f.max_connections).unwrap_or(0)
                             ),
-                            RejectReason::NotAllowed => warn!(
+                            RejectReason::NotAllowed => crate::warn_limited!(
                                 "refused connection from {peer} to port {port} in the pod: peer not in --allow"
                             ),
                         }
@@ -432,10 +432,10 @@ async fn handle_connection(
         (found, peer, request.uri().path() == wire::CONNECT_PATH)
     else {
         m.error(ErrorType::Protocol).inc();
-        warn!(
-            "the sidecar sent a malformed connection stream ({} {:?}); ignored",
-            request.uri().path(),
-            request.headers()
+        crate::warn_limited!(
+            "the sidecar sent a malformed connection stream ({} {}); ignored",
+            crate::ratelimit::bounded_debug(&request.uri().path(), 200),
+            crate::ratelimit::bounded_debug(request.headers(), 400)
         );
         return refuse(
             &mut respond,
@@ -451,13 +451,15 @@ async fn handle_connection(
             .any(|n| n.contains(&canonical_ip(peer.ip())))
     {
         m.rejected(RejectReason::NotAllowed).inc();
-        warn!("refused connection from {peer} to port {port} in the pod: peer not in --allow");
+        crate::warn_limited!(
+            "refused connection from {peer} to port {port} in the pod: peer not in --allow"
+        );
         return refuse(&mut respond, StatusCode::FORBIDDEN, "peer not allowed");
     }
     if active.fetch_add(1, Ordering::AcqRel) >= forward.max_connections {
         active.fetch_sub(1, Ordering::AcqRel);
         m.rejected(RejectReason::Limit).inc();
-        warn!(
+        crate::warn_limited!(
             "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
             forward.max_connections
         );
@@ -474,7 +476,7 @@ async fn handle_connection(
         Ok(tcp) => tcp,
         Err(e) => {
             let why = describe_io_error(&e);
-            warn!("cannot connect to local port {}: {why}", forward.local_port);
+            crate::warn_limited!("cannot connect to local port {}: {why}", forward.local_port);
             m.error(ErrorType::Dial).inc();
             m.connections_failed.inc();
             return refuse(&mut respond, StatusCode::BAD_GATEWAY, &why);

@@ -1,5 +1,6 @@
 //! The session stream as typed messages: a reader and a writer over the
-//! two halves of one HTTP/2 stream.
+//! two halves of one HTTP/2 stream. Every string the peer sends is
+//! escaped as it is read (`Message::escaped`): the peer may be hostile.
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
@@ -27,7 +28,7 @@ impl ControlReader {
     pub async fn next(&mut self) -> Result<Option<Message>, SessionError> {
         loop {
             if let Some(msg) = self.decoder.next_message()? {
-                return Ok(Some(msg));
+                return Ok(Some(msg.escaped()));
             }
             match self.recv.data().await {
                 Some(Ok(data)) => {

@@ -13,6 +13,7 @@
 //! - [`metrics`]: Prometheus metrics for both ends and their endpoint.
 //! - [`net`]: dialing and error wording.
 //! - [`error`]: session errors.
+//! - [`ratelimit`]: peer-triggered warnings rate-limited with a count.
 
 pub mod cli_side;
 pub mod control;
@@ -21,4 +22,5 @@ pub mod http2;
 pub mod metrics;
 pub mod net;
 pub mod pump;
+pub mod ratelimit;
 pub mod sidecar_side;
