@@ -7,9 +7,11 @@
 //! - [`process`]: the binaries under test and handles on running ones.
 //! - [`fixtures`]: a pod with a sidecar, an HTTP server, the test peer.
 //! - [`peer`]: traffic generators and checkers (the test peer, the benchmark).
+//! - [`fake_sidecar`]: a scripted, possibly hostile sidecar; memory and CPU of a process.
 //! - [`cluster`]: helpers for tests against a real Kubernetes cluster.
 
 pub mod cluster;
+pub mod fake_sidecar;
 pub mod fixtures;
 pub mod netns;
 pub mod peer;

@@ -6,9 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rpf_e2e::fake_sidecar::read_messages;
 use rpf_e2e::fixtures::{testpeer, HttpServer, Pod};
 use rpf_e2e::process::{bin, free_port, Attach, Background};
-use rpf_proto::message::{Decoder, Message};
+use rpf_proto::message::Message;
 use rpf_proto::wire;
 
 #[test]
@@ -330,20 +331,4 @@ fn a_sidecar_vanishing_mid_transfer_ends_everything_cleanly() {
         lines.get(1).is_some_and(|l| l.contains("error")),
         "the host side sees an abort, not a clean end: {lines:?}"
     );
-}
-
-async fn read_messages(mut body: h2::RecvStream) -> Vec<Message> {
-    let mut dec = Decoder::default();
-    let mut out = Vec::new();
-    let read = async {
-        while let Some(Ok(data)) = body.data().await {
-            let _ = body.flow_control().release_capacity(data.len());
-            dec.extend(&data);
-            while let Ok(Some(m)) = dec.next_message() {
-                out.push(m);
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
-    out
 }

@@ -365,7 +365,7 @@ impl Established {
                 ended = &mut self.driver => {
                     return Err(SessionError::Lost(match ended {
                         Ok(Ok(())) => "the sidecar closed the channel".into(),
-                        Ok(Err(e)) => format!("channel lost: {e}"),
+                        Ok(Err(e)) => http2::describe_lost(&e),
                         Err(e) => format!("channel task failed: {e}"),
                     }));
                 }

@@ -35,7 +35,7 @@ impl ControlReader {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     self.decoder.extend(&data);
                 }
-                Some(Err(e)) => return Err(SessionError::lost(e)),
+                Some(Err(e)) => return Err(SessionError::Lost(crate::http2::describe_lost(&e))),
                 None if self.decoder.pending() == 0 => return Ok(None),
                 None => {
                     return Err(SessionError::Protocol(

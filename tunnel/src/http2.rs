@@ -6,8 +6,12 @@
 //! h2's defaults suit a web server facing strangers; a tunnel is different:
 //! resetting a stream is how a refused or aborted TCP connection is told,
 //! so it happens in bursts, and 1-byte DATA frames are normal for
-//! interactive protocols. The limits that would mistake that for an attack
-//! are raised here, in one place, with the windows sized for throughput.
+//! interactive protocols. But the sidecar is a stranger too (a pod may
+//! replace it), so every limit here still bounds what the peer can make us
+//! hold: the reset limits are sized for real bursts (1,000 pod connections
+//! refused or aborted at once), not raised out of the way, and a peer that
+//! exceeds them is told `ENHANCE_YOUR_CALM` and named as misbehaving
+//! ([`describe_lost`]). Measured figures: docs/protocol.md, "Security".
 
 use std::time::Duration;
 
@@ -22,8 +26,22 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes h2 may queue per stream beyond what the socket has taken.
 const SEND_BUFFER: usize = 1 << 20;
-/// Resets and small frames tolerated: a tunnel produces many legitimately.
-const RESET_STREAMS: usize = 100_000;
+/// Streams we reset and still remember (for `reset_stream_duration`) so
+/// the peer's late frames on them are ignored, not errors; beyond it the
+/// oldest is forgotten. Bounds memory at a few hundred bytes each.
+const REMEMBERED_RESETS: usize = 10_000;
+/// Streams the peer opened and reset before we accepted them; one more is
+/// a rapid-reset attack (CVE-2023-44487) and closes the channel. A real
+/// sidecar only does this when pod connections abort within microseconds
+/// of opening; 1,000 at once still pass.
+const PENDING_ACCEPT_RESETS: usize = 1_000;
+/// Streams we had to reset because the peer broke the protocol on them, per
+/// connection; a real peer breaks none.
+const LOCAL_ERROR_RESETS: usize = 1_000;
+/// Decoded header bytes per request or response: rpf's headers are a
+/// listener id, a peer address or an error line. HPACK can make a small
+/// block decode to megabytes; h2's default allows 16 MiB.
+const MAX_HEADER_LIST: u32 = 16 << 10;
 
 /// Client (sidecar) side handshake with rpf's settings.
 pub async fn client_handshake<T>(
@@ -43,9 +61,9 @@ where
         .initial_connection_window_size(tuning::CONNECTION_WINDOW)
         .max_frame_size(tuning::MAX_FRAME_SIZE)
         .max_send_buffer_size(SEND_BUFFER)
-        .max_concurrent_reset_streams(RESET_STREAMS)
-        .max_pending_accept_reset_streams(RESET_STREAMS)
-        .max_local_error_reset_streams(Some(RESET_STREAMS))
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_reset_streams(REMEMBERED_RESETS)
+        .max_local_error_reset_streams(Some(LOCAL_ERROR_RESETS))
         .data_frame_budget(tuning::CONNECTION_WINDOW as usize)
         .reset_stream_duration(Duration::from_secs(1))
         .enable_push(false)
@@ -68,13 +86,26 @@ where
         .max_frame_size(tuning::MAX_FRAME_SIZE)
         .max_send_buffer_size(SEND_BUFFER)
         .max_concurrent_streams(max_streams)
-        .max_concurrent_reset_streams(RESET_STREAMS)
-        .max_pending_accept_reset_streams(RESET_STREAMS)
-        .max_local_error_reset_streams(Some(RESET_STREAMS))
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_reset_streams(REMEMBERED_RESETS)
+        .max_pending_accept_reset_streams(PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(LOCAL_ERROR_RESETS))
         .data_frame_budget(tuning::CONNECTION_WINDOW as usize)
         .reset_stream_duration(Duration::from_secs(1))
         .handshake(io)
         .await
+}
+
+/// Words the error that ended a channel. A peer that tripped one of the
+/// limits above is named as misbehaving: a real sidecar never does.
+pub fn describe_lost(e: &h2::Error) -> String {
+    if e.is_go_away() && !e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+        "the sidecar misbehaved (it reset or broke streams far faster than any tunnel does: \
+         a modified or broken sidecar?); the channel was closed"
+            .into()
+    } else {
+        format!("channel lost: {e}")
+    }
 }
 
 /// PINGs the peer every `interval`; returns when a PING goes unanswered for
