@@ -83,6 +83,8 @@ pub struct AttachArgs {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_connections: u32,
     /// Accept connections in the pod only from these peers (CIDR), repeatable.
+    /// Enforced by the sidecar, which sees the peer: it keeps other workloads
+    /// out, but a modified sidecar could ignore it.
     #[arg(long = "allow", value_name = "CIDR")]
     pub allow: Vec<IpNet>,
 

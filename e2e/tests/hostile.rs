@@ -201,3 +201,54 @@ async fn a_huge_control_line_in_tiny_frames_costs_little_and_blocks_nothing() {
     let status = tokio::task::block_in_place(|| attach.wait_exit(Duration::from_secs(10)));
     assert!(status.is_some(), "SIGTERM ends the CLI");
 }
+
+/// The other side of the limits: a real sidecar refusing 1,000 pod
+/// connections at once (the local service is down) is a burst of resets,
+/// not an attack. The channel stays up and the next connection works.
+#[test]
+fn a_thousand_refused_connections_at_once_are_not_mistaken_for_an_attack() {
+    use rpf_e2e::fixtures::{testpeer, Pod};
+    use rpf_e2e::peer::ManyReport;
+    use rpf_e2e::process::{free_port, Background};
+    let pod = Pod::new("burst");
+    let dead = free_port();
+    let port = free_port();
+    let _echo = Background::start(testpeer(&[
+        "echo",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]));
+    let mut attach = Attach::start(&[
+        "--via",
+        &pod.via,
+        "--max-connections",
+        "1000",
+        &format!("9000:{dead}"),
+        &format!("9001:{port}"),
+    ]);
+    attach.wait_forwarding(2);
+    let refused = pod.testpeer(&[
+        "many",
+        "--connect",
+        "127.0.0.1:9000",
+        "--connections",
+        "1000",
+    ]);
+    let refused: ManyReport = serde_json::from_str(refused.trim()).unwrap();
+    assert_eq!(refused.failed, 1000, "{refused:?}");
+    let served = pod.testpeer(&[
+        "many",
+        "--connect",
+        "127.0.0.1:9001",
+        "--connections",
+        "1000",
+    ]);
+    let served: ManyReport = serde_json::from_str(served.trim()).unwrap();
+    let stderr = attach.stderr();
+    eprintln!("CLI peak RSS {} KiB", peak_rss_kib(attach.pid()));
+    assert_eq!(served.ok, 1000, "{served:?}\n{stderr}");
+    assert!(
+        !stderr.contains("misbehaved") && !stderr.contains("Lost connection"),
+        "{stderr}"
+    );
+}

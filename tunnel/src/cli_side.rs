@@ -5,7 +5,8 @@
 //! caller can print `Forwarding from` lines; [`Established::serve`] then carries connections until the session
 //! ends. The sidecar is untrusted: a connection stream only names a
 //! listener id, the CLI dials what its own [`Forward`] says, and the
-//! limits and allow list are enforced here as well as in the pod.
+//! connection limits are enforced here as well as in the pod (the allow
+//! list only as a check on a buggy sidecar: the peer address is its word).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -444,6 +445,8 @@ async fn handle_connection(
         );
     };
     let port = forward.remote_port;
+    // `rpf-peer` is the sidecar's word: this only catches a buggy sidecar;
+    // the allow list is enforced where the true peer is seen, in the pod.
     if !forward.allow.is_empty()
         && !forward
             .allow
