@@ -9,7 +9,7 @@ use rpf_proto::message::{BindAddr, BindErrorKind, BoundListener};
 use rpf_proto::Side;
 use rpf_tunnel::cli_side::{default_bind_addrs, handshake, CliConfig, Established, Forward};
 use rpf_tunnel::error::SessionError;
-use rpf_tunnel::metrics::{spawn_endpoint, Metrics};
+use rpf_tunnel::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -60,7 +60,11 @@ pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Resul
     let config = CliConfig::new(forwards(&specs, &args));
     let metrics = Metrics::new(Side::Cli);
     if let Some(addr) = args.metrics_addr {
-        let bound = spawn_endpoint(metrics.clone(), addr, shutdown.clone())
+        let render = {
+            let m = metrics.clone();
+            move || m.render()
+        };
+        let bound = rpf_process::spawn_metrics_endpoint(addr, render, shutdown.clone())
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!("metrics on http://{bound}/metrics");

@@ -24,8 +24,8 @@ use crate::args::{Cli, Command};
 /// logging, runs the command, and prints failures as `error: ...`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
-    rpf_tunnel::net::raise_fd_limit();
+    rpf_process::init_logging(rpf_process::LogStyle::Human, cli.verbose, cli.quiet);
+    rpf_process::raise_fd_limit();
     // A thread pool: with several busy connections the CLI uses more than
     // one core (measured: 8 connections move ~35% more than on one thread).
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -34,7 +34,7 @@ pub fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(rpf_process::cancel_on_signal(shutdown.clone()));
         match cli.command {
             Command::Attach(args) => attach::run(args, shutdown).await,
             Command::Inject(args) => inject::run(args),
@@ -49,51 +49,4 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => tracing::Level::WARN,
-        (false, 0) => tracing::Level::INFO,
-        (false, 1) => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
-    };
-    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
-    // h2's own diagnostics are the peer's to trigger: only with -vv.
-    let noise = if verbose >= 2 {
-        ""
-    } else {
-        rpf_tunnel::ratelimit::PEER_NOISE_FILTER
-    };
-    let targets: tracing_subscriber::filter::Targets =
-        format!("{level},{noise}").parse().expect("valid filter");
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .finish()
-        .with(targets)
-        .init();
-}
-
-/// First Ctrl-C or SIGTERM: say goodbye and exit cleanly. Second: exit now.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    std::process::exit(130);
 }

@@ -51,14 +51,7 @@ pub async fn serve(
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!("accept on the control port failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = rpf_process::accept(&listener, "the control port") => accepted,
         };
         let _ = tcp.set_nodelay(true);
         let (config, metrics, shutdown) = (config.clone(), metrics.clone(), shutdown.clone());

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use rpf_process::LogStyle;
 use rpf_proto::Side;
 use rpf_proto::DEFAULT_CONTROL_PORT;
-use rpf_tunnel::metrics::{spawn_endpoint, Metrics};
+use rpf_tunnel::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -44,19 +45,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match (cli.quiet, cli.verbose) {
-        (true, _) => tracing::Level::WARN,
-        (false, 0) => tracing::Level::INFO,
-        (false, 1) => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-    rpf_tunnel::net::raise_fd_limit();
+    rpf_process::init_logging(LogStyle::Machine, cli.verbose, cli.quiet);
+    rpf_process::raise_fd_limit();
     // One thread: the sidecar only moves bytes, and on a pod's small CPU
     // share a single event loop beats cross-thread wakeups and costs less
     // memory.
@@ -75,10 +65,14 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(rpf_process::cancel_on_signal(shutdown.clone()));
     let metrics = Metrics::new(Side::Sidecar);
     if let Some(addr) = cli.metrics_addr {
-        let bound = spawn_endpoint(metrics.clone(), addr, shutdown.clone())
+        let render = {
+            let m = metrics.clone();
+            move || m.render()
+        };
+        let bound = rpf_process::spawn_metrics_endpoint(addr, render, shutdown.clone())
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!("metrics on http://{bound}/metrics");
@@ -102,19 +96,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    shutdown.cancel();
 }

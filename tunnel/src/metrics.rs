@@ -1,4 +1,5 @@
-//! Prometheus metrics for both ends of the tunnel, and their HTTP endpoint.
+//! Prometheus metrics for both ends of the tunnel (each binary serves
+//! [`Metrics::render`] on its own endpoint).
 //!
 //! The CLI uses KEP-5695's names with an `rpf_` prefix instead of
 //! `kubectl_` (`rpf_portforward_reverse_*`); the sidecar reports the same
@@ -6,22 +7,14 @@
 //! Labelled counters are looked up once here, so the data path only ever
 //! touches an atomic.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::service::service_fn;
-use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use rpf_proto::message::RejectReason;
 use rpf_proto::Side;
@@ -189,60 +182,6 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
-
-    /// Serves `GET /metrics` on `listener` until `shutdown` fires.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
-        loop {
-            let (tcp, _) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("metrics endpoint: accept failed: {e}");
-                        continue;
-                    }
-                },
-            };
-            let metrics = self.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move {
-                        let (status, body) = if req.uri().path() == "/metrics" {
-                            (StatusCode::OK, metrics.render())
-                        } else {
-                            (
-                                StatusCode::NOT_FOUND,
-                                "not found: try /metrics\n".to_string(),
-                            )
-                        };
-                        Response::builder()
-                            .status(status)
-                            .header(
-                                "content-type",
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
-                            .body(Full::new(Bytes::from(body)))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    }
-}
-
-/// Binds `addr` and serves the metrics there in the background.
-pub async fn spawn_endpoint(
-    metrics: Metrics,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(metrics.serve(listener, shutdown));
-    Ok(bound)
 }
 
 #[cfg(test)]

@@ -65,15 +65,6 @@ pub async fn dial(host: &str, port: u16) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// Raises this process's open-file soft limit to its hard limit, as Go
-/// programs do at start: a tunnel holds two sockets per connection and the
-/// usual soft limit of 1024 would cap it near 500.
-pub fn raise_fd_limit() {
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::debug!("cannot raise the open-file limit: {e}");
-    }
-}
-
 /// Grows a pipe's kernel buffer from the default 64 KiB to 1 MiB, so a
 /// channel over pipes (`--via`, exec) moves bigger chunks per system call.
 /// Not a pipe, or not allowed: nothing happens.

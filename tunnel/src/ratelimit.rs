@@ -20,11 +20,6 @@ pub const BURST: u32 = 3;
 /// Characters of a remembered line quoted in the summary.
 const QUOTE: usize = 80;
 
-/// The tracing filter directive that keeps h2's own diagnostics, which a
-/// peer triggers at will (`recv PING ack that we never sent`), out of the
-/// user's terminal unless they ask for debug output.
-pub const PEER_NOISE_FILTER: &str = "h2=error";
-
 /// The state of one call site: see the module docs.
 #[derive(Debug)]
 pub struct Throttle {

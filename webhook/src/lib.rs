@@ -13,7 +13,7 @@
 //!   [`self_managed`], which keeps a generated CA in a Secret and in the
 //!   webhook configuration's `caBundle`.
 //! - [`version`]: native sidecar support from the API server's version.
-//! - [`metrics`], [`shutdown`]: what they say.
+//! - [`metrics`]: what it says.
 //!
 //! [`run`] wires them: the binary parses [`Args`] and calls it; tests call
 //! [`run_until`] with their own listener and stop signal.
@@ -23,7 +23,6 @@ pub mod args;
 pub mod metrics;
 pub mod self_managed;
 pub mod server;
-pub mod shutdown;
 pub mod tls;
 pub mod version;
 
@@ -35,6 +34,7 @@ use std::sync::Arc;
 pub use args::{Args, NativeSidecar, PullPolicy};
 use rpf_inject::InjectConfig;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::self_managed::SelfManaged;
@@ -64,7 +64,7 @@ pub enum Error {
     Serve(#[source] std::io::Error),
 }
 
-/// Runs the webhook until SIGTERM or Ctrl-C.
+/// Runs the webhook until SIGTERM or Ctrl-C (a second one exits at once).
 pub async fn run(args: Args) -> Result<(), Error> {
     let listener = TcpListener::bind(args.listen)
         .await
@@ -72,7 +72,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
             addr: args.listen,
             source,
         })?;
-    run_until(args, listener, termination_signal()).await
+    let signalled = CancellationToken::new();
+    tokio::spawn(rpf_process::cancel_on_signal(signalled.clone()));
+    run_until(args, listener, signalled.cancelled_owned()).await
 }
 
 /// Runs the webhook on `listener` until `stop` resolves, then shuts down
@@ -84,10 +86,10 @@ pub async fn run_until(
     listener: TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    tls::install_crypto_provider();
+    rpf_process::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let certs = CertStore::new();
-    let (trigger, shutdown) = shutdown::channel();
+    let shutdown = CancellationToken::new();
 
     let needs_client = args.self_managed_tls || args.native_sidecar == NativeSidecar::Auto;
     let client = if needs_client {
@@ -95,7 +97,7 @@ pub async fn run_until(
             Ok(c) => Some(c),
             Err(e) if args.self_managed_tls => return Err(Error::Kube(e)),
             Err(e) => {
-                tracing::warn!(error = %tls::error_chain(&e), "no Kubernetes client; cannot detect native sidecar support");
+                tracing::warn!(error = %rpf_process::error_chain(&e), "no Kubernetes client; cannot detect native sidecar support");
                 None
             }
         }
@@ -158,6 +160,7 @@ pub async fn run_until(
 
     let (delay, drain) = (args.shutdown_delay, args.shutdown_timeout);
     let stopping = state.clone();
+    let shutdown_after_delay = shutdown.clone();
     tokio::spawn(async move {
         stop.await;
         tracing::info!(
@@ -166,33 +169,9 @@ pub async fn run_until(
         );
         stopping.accepting.store(false, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
-        trigger.trigger();
+        shutdown_after_delay.cancel();
     });
     server::serve(listener, server::router(state), certs, shutdown, drain)
         .await
         .map_err(Error::Serve)
-}
-
-/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
-async fn termination_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the webhook");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

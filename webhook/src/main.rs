@@ -2,15 +2,12 @@
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = rpf_webhook::Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    // For `kubectl logs`: timestamps and levels; `RUST_LOG` picks the level.
+    rpf_process::init_logging(rpf_process::LogStyle::Machine, 0, false);
+    rpf_process::raise_fd_limit();
     rpf_webhook::run(args).await.context("rpf-webhook")
 }

@@ -29,8 +29,10 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use x509_parser::pem::parse_x509_pem;
 
-use crate::shutdown::Shutdown;
-use crate::tls::{self, error_chain, CertStore, Material, TlsError, Validity};
+use crate::tls::{self, CertStore, Material, TlsError, Validity};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rpf_process::error_chain;
+use tokio_util::sync::CancellationToken;
 
 /// A stored serving certificate is reused while it has at least this long
 /// to live (so replicas agree, and renewal happens well before expiry).
@@ -358,11 +360,17 @@ pub fn check(m: &Material, names: &[String], min_remaining: Duration) -> Verdict
 pub async fn maintain(
     sm: SelfManaged,
     store: std::sync::Arc<CertStore>,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
     on_reload: impl Fn(bool) + Send + 'static,
 ) {
+    // Jittered, so that replicas failing together do not retry together.
+    let retries = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times();
     let mut served: Option<Material> = None;
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = retries.build();
     loop {
         let ok = match sm.ensure_secret().await {
             Ok(m) => {
@@ -401,16 +409,14 @@ pub async fn maintain(
             }
         };
         let wait = if ok {
-            backoff = Duration::from_secs(1);
+            backoff = retries.build();
             RECHECK_INTERVAL
         } else {
-            let w = backoff;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-            w
+            backoff.next().unwrap_or(Duration::from_secs(30))
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = shutdown.recv() => return,
+            () = shutdown.cancelled() => return,
         }
     }
 }

@@ -24,10 +24,10 @@ use hyper_util::service::TowerToHyperService;
 use rpf_inject::InjectConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::admission;
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
 use crate::tls::CertStore;
 
 /// Largest request body accepted. Pods are stored in etcd, whose request
@@ -129,7 +129,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     certs: Arc<CertStore>,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
     drain: Duration,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(certs.server_config());
@@ -137,16 +137,8 @@ pub async fn serve(
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = shutdown.recv() => break,
+            accepted = rpf_process::accept(&listener, "the HTTPS port") => accepted,
+            () = shutdown.cancelled() => break,
         };
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());

@@ -10,7 +10,7 @@
 //! [`generate`].
 //!
 //! rpf uses one crypto provider everywhere: *ring* (the `kube` default).
-//! [`install_crypto_provider`] makes it the process default, and the
+//! `rpf_process::install_crypto_provider` makes it the process default, and the
 //! server config is built with it explicitly.
 
 use std::fmt;
@@ -18,17 +18,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::shutdown::Shutdown;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use rpf_process::error_chain;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 /// Why TLS material could not be loaded or generated.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +55,6 @@ pub enum TlsError {
     /// rcgen failed to generate a key or certificate.
     #[error("cannot generate a certificate")]
     Generate(#[source] rcgen::Error),
-}
-
-/// Installs *ring* as the process-wide rustls crypto provider. Idempotent.
-pub fn install_crypto_provider() {
-    // Err only means a provider is already installed (a test, or a second
-    // call): fine as long as it is ours, which the Cargo features ensure.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The certificate currently served; empty until the first load.
@@ -161,7 +155,7 @@ pub async fn watch_files(
     cert: PathBuf,
     key: PathBuf,
     interval: Duration,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
     on_reload: impl Fn(bool) + Send + 'static,
 ) {
     let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
@@ -170,7 +164,7 @@ pub async fn watch_files(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            () = shutdown.recv() => return,
+            () = shutdown.cancelled() => return,
         }
         let contents = match (read(&cert), read(&key)) {
             (Ok(c), Ok(k)) => (c, k),
@@ -205,18 +199,6 @@ pub async fn watch_files(
         }
         last = Some(contents);
     }
-}
-
-/// Formats an error with its sources, `a: b: c`.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }
 
 /// A CA and a serving certificate signed by it, all PEM.

@@ -54,7 +54,7 @@ struct Webhook {
 
 impl Webhook {
     async fn start() -> Webhook {
-        tls::install_crypto_provider();
+        rpf_process::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let m = tls::generate(&names(), Validity::default()).unwrap();
         write_material(dir.path(), &m);

@@ -43,7 +43,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Makes sure exactly one rustls crypto provider is in use: ring, the one
 /// kube is built with. Harmless when a provider is already installed.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    rpf_process::install_crypto_provider();
 }
 
 /// A cluster and a target in it: opens channels to the target's sidecar.
