@@ -36,7 +36,7 @@ async fn client() -> Option<Client> {
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig");
-    Some(Client::try_from(config).expect("client"))
+    Some(super::client::build(config).expect("client"))
 }
 
 fn image() -> String {

@@ -14,6 +14,7 @@
 //! Only the API server is ever contacted: no node or pod address needs to
 //! be reachable from the user's machine.
 
+mod client;
 pub mod error;
 pub mod exec;
 pub mod portforward;
@@ -111,7 +112,7 @@ impl ClusterSource {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
-        let client = Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))?;
+        let client = client::build(config)?;
         Ok(Self {
             client,
             namespace,
