@@ -15,6 +15,7 @@ use std::os::fd::AsFd;
 use rpf_proto::env;
 use rpf_proto::message::PodRef;
 use rpf_tunnel::error::SessionError;
+use rpf_tunnel::http2::Keepalive;
 use rpf_tunnel::metrics::Metrics;
 use rpf_tunnel::sidecar_side::{run_session, SessionEnd, SidecarConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,7 +37,7 @@ pub fn config_from_env() -> SidecarConfig {
     SidecarConfig {
         pod,
         hostname,
-        keepalive: None,
+        keepalive: Keepalive::default(),
     }
 }
 

@@ -27,12 +27,12 @@ use tracing::{debug, info};
 
 use crate::control::{ControlReader, ControlWriter};
 use crate::error::SessionError;
-use crate::http2::{self, KeepaliveEnd, HANDSHAKE_TIMEOUT};
+use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
 use crate::metrics::{ErrorType, Metrics};
 use crate::net::{canonical_ip, describe_io_error, dial};
 use crate::pump::{splice, Meters, PumpError};
 use rpf_proto::message::{BindAddr, BoundListener, ListenerSpec, Message, PodRef, RejectReason};
-use rpf_proto::{tuning, wire, PROTOCOL_VERSION};
+use rpf_proto::{wire, PROTOCOL_VERSION};
 use rpf_proto::{version_mismatch, Side};
 
 /// One reverse port forward, as the user asked for it.
@@ -60,7 +60,7 @@ pub struct CliConfig {
     /// The forwards to set up.
     pub forwards: Vec<Forward>,
     /// PING interval and timeout.
-    pub keepalive: (Duration, Duration),
+    pub keepalive: Keepalive,
 }
 
 impl CliConfig {
@@ -68,7 +68,7 @@ impl CliConfig {
     pub fn new(forwards: Vec<Forward>) -> Self {
         Self {
             forwards,
-            keepalive: (tuning::KEEPALIVE_INTERVAL, tuning::KEEPALIVE_TIMEOUT),
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -96,7 +96,7 @@ pub struct Established {
     stop_driver: Option<oneshot::Sender<()>>,
     pings: h2::PingPong,
     state: Arc<State>,
-    keepalive: (Duration, Duration),
+    keepalive: Keepalive,
 }
 
 impl std::fmt::Debug for Established {
@@ -235,7 +235,7 @@ pub struct Greeted {
     pings: h2::PingPong,
     state: Arc<State>,
     forwards: Vec<Forward>,
-    keepalive: (Duration, Duration),
+    keepalive: Keepalive,
     metrics: Metrics,
 }
 
@@ -327,7 +327,7 @@ impl Established {
     /// the session is lost (`Err`: the caller may reconnect).
     pub async fn serve(mut self, shutdown: CancellationToken) -> Result<(), SessionError> {
         let _reset_connections = self.state.ended.clone().drop_guard();
-        let keepalive = http2::keepalive(self.pings, self.keepalive.0, self.keepalive.1);
+        let keepalive = self.keepalive.run(self.pings, Side::Sidecar);
         tokio::pin!(keepalive);
         loop {
             tokio::select! {
@@ -370,10 +370,7 @@ impl Established {
                         Err(e) => format!("channel task failed: {e}"),
                     }));
                 }
-                end = &mut keepalive => return Err(SessionError::Lost(match end {
-                    KeepaliveEnd::TimedOut(t) => format!("the sidecar did not answer a keepalive PING within {t:?}"),
-                    KeepaliveEnd::ConnectionGone => "channel lost".into(),
-                })),
+                end = &mut keepalive => return Err(end),
             }
         }
     }

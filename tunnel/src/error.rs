@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rpf_proto::message::{BindErrorKind, DecodeError};
+use rpf_proto::Side;
 
 /// A session-level failure, worded for the user.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,14 @@ pub enum SessionError {
     /// The channel went away (closed, broken, or silent past the keepalive).
     #[error("{0}")]
     Lost(String),
+    /// The peer did not answer a keepalive PING in time.
+    #[error("{} did not answer a keepalive PING within {timeout:?}", peer.name())]
+    Keepalive {
+        /// The end that went silent.
+        peer: Side,
+        /// How long it was given.
+        timeout: Duration,
+    },
     /// A step of the handshake took too long.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),
@@ -48,7 +57,10 @@ impl SessionError {
 
     /// Whether a new channel may fix this (as opposed to a fatal refusal).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SessionError::Lost(_) | SessionError::Timeout(..))
+        matches!(
+            self,
+            SessionError::Lost(_) | SessionError::Keepalive { .. } | SessionError::Timeout(..)
+        )
     }
 }
 

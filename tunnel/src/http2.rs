@@ -19,7 +19,9 @@ use bytes::Bytes;
 use h2::{Ping, PingPong};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use rpf_proto::tuning;
+use rpf_proto::{tuning, Side};
+
+use crate::error::SessionError;
 
 /// How long the HTTP/2 handshake may take before the channel is given up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,24 +110,42 @@ pub fn describe_lost(e: &h2::Error) -> String {
     }
 }
 
-/// PINGs the peer every `interval`; returns when a PING goes unanswered for
-/// `timeout` (the channel is dead) or the connection is gone.
-pub async fn keepalive(mut pings: PingPong, interval: Duration, timeout: Duration) -> KeepaliveEnd {
-    loop {
-        tokio::time::sleep(interval).await;
-        match tokio::time::timeout(timeout, pings.ping(Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(_)) => return KeepaliveEnd::ConnectionGone,
-            Err(_) => return KeepaliveEnd::TimedOut(timeout),
+/// How often each end PINGs the other and how long it waits for the
+/// answer: one type for both ends, so their settings cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time between PINGs.
+    pub interval: Duration,
+    /// How long a PING may go unanswered before the channel is dead.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval: tuning::KEEPALIVE_INTERVAL,
+            timeout: tuning::KEEPALIVE_TIMEOUT,
         }
     }
 }
 
-/// Why [`keepalive`] stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepaliveEnd {
-    /// The peer did not answer a PING in time.
-    TimedOut(Duration),
-    /// The connection closed underneath.
-    ConnectionGone,
+impl Keepalive {
+    /// PINGs the peer every `interval`; returns why the session ended when
+    /// a PING goes unanswered for `timeout` (the channel is dead) or the
+    /// connection is gone. `peer` is the end being PINGed, for the message.
+    pub async fn run(self, mut pings: PingPong, peer: Side) -> SessionError {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            match tokio::time::timeout(self.timeout, pings.ping(Ping::opaque())).await {
+                Ok(Ok(_pong)) => {}
+                Ok(Err(_)) => return SessionError::Lost("channel lost".into()),
+                Err(_) => {
+                    return SessionError::Keepalive {
+                        peer,
+                        timeout: self.timeout,
+                    }
+                }
+            }
+        }
+    }
 }

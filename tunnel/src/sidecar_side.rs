@@ -24,13 +24,13 @@ use tracing::{debug, info, warn};
 
 use crate::control::{ControlReader, ControlWriter};
 use crate::error::SessionError;
-use crate::http2::{self, KeepaliveEnd, HANDSHAKE_TIMEOUT};
+use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
 use crate::metrics::{ErrorType, Metrics};
 use crate::pump::{self, splice, Meters, PumpError};
 use rpf_proto::message::{
     BindErrorKind, BoundListener, ListenerSpec, Message, PodRef, RejectReason,
 };
-use rpf_proto::{tuning, wire, PROTOCOL_VERSION};
+use rpf_proto::{wire, PROTOCOL_VERSION};
 use rpf_proto::{version_mismatch, Side};
 
 /// What the sidecar knows about itself, told to the CLI in its hello.
@@ -41,7 +41,7 @@ pub struct SidecarConfig {
     /// Its host name.
     pub hostname: Option<String>,
     /// PING interval and timeout.
-    pub keepalive: Option<(Duration, Duration)>,
+    pub keepalive: Keepalive,
 }
 
 /// How a session ended without error.
@@ -146,10 +146,7 @@ where
     metrics.sessions_total.inc();
     let _session_gauge = GaugeGuard(metrics.sessions_active.clone());
 
-    let (keep_every, keep_timeout) = config
-        .keepalive
-        .unwrap_or((tuning::KEEPALIVE_INTERVAL, tuning::KEEPALIVE_TIMEOUT));
-    let keepalive = http2::keepalive(pings, keep_every, keep_timeout);
+    let keepalive = config.keepalive.run(pings, Side::Cli);
     tokio::pin!(keepalive);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Message>();
     let ctx = Arc::new(Ctx {
@@ -200,10 +197,7 @@ where
                 };
                 return Err(SessionError::Lost(why));
             }
-            end = &mut keepalive => return Err(match end {
-                KeepaliveEnd::TimedOut(t) => SessionError::Lost(format!("the CLI did not answer a keepalive PING within {t:?}")),
-                KeepaliveEnd::ConnectionGone => SessionError::Lost("channel lost".into()),
-            }),
+            end = &mut keepalive => return Err(end),
         }
     }
 }

@@ -13,6 +13,7 @@ use rpf_proto::message::BindAddr;
 use rpf_proto::Side;
 use rpf_tunnel::cli_side::{handshake, CliConfig, Forward};
 use rpf_tunnel::error::SessionError;
+use rpf_tunnel::http2::Keepalive;
 use rpf_tunnel::metrics::Metrics;
 use rpf_tunnel::sidecar_side::{run_session, SidecarConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
@@ -151,9 +152,12 @@ async fn a_silent_channel_is_declared_dead_by_keepalive_on_both_ends() {
         inner: cli_io,
         dead: dead.clone(),
     };
-    let keepalive = (Duration::from_millis(100), Duration::from_millis(300));
+    let keepalive = Keepalive {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(300),
+    };
     let sidecar_config = SidecarConfig {
-        keepalive: Some(keepalive),
+        keepalive,
         ..SidecarConfig::default()
     };
     let sidecar = tokio::spawn(async move {
@@ -182,7 +186,13 @@ async fn a_silent_channel_is_declared_dead_by_keepalive_on_both_ends() {
     .await
     .expect("the CLI notices");
     assert!(
-        matches!(&cli_end, Err(SessionError::Lost(m)) if m.contains("keepalive")),
+        matches!(
+            &cli_end,
+            Err(SessionError::Keepalive {
+                peer: Side::Sidecar,
+                ..
+            })
+        ),
         "{cli_end:?}"
     );
     let sidecar_end = tokio::time::timeout(Duration::from_secs(5), sidecar)
@@ -190,7 +200,14 @@ async fn a_silent_channel_is_declared_dead_by_keepalive_on_both_ends() {
         .expect("the sidecar notices")
         .unwrap();
     assert!(
-        matches!(&sidecar_end, Err(SessionError::Lost(_))),
+        matches!(
+            &sidecar_end,
+            Err(SessionError::Lost(_)
+                | SessionError::Keepalive {
+                    peer: Side::Cli,
+                    ..
+                })
+        ),
         "{sidecar_end:?}"
     );
     assert!(
