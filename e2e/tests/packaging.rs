@@ -109,7 +109,7 @@ fn completion_scripts_generate_and_bash_sources_them() {
     for shell in ["bash", "zsh", "fish", "powershell"] {
         let script = run(Command::new(&rpf).args(["completion", shell]));
         assert!(
-            script.contains("attach") && script.contains("--namespace"),
+            script.contains("attach") && script.contains("namespace"),
             "{shell} script lacks the attach subcommand or its flags:\n{script}"
         );
     }
