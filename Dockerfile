@@ -7,13 +7,14 @@
 #
 # (podman/buildah work the same.) Without a container engine, images/build.sh
 # builds the same images as archives. Image names and tags are set in
-# manifests/base/images.env.
+# manifests/base/images.env (the manifests: `kustomize edit set image`).
 #
 # Both images are a single static binary on `scratch`, run as the numeric
 # non-root user 65532 (Pod Security "restricted" can verify it), and need no
 # writable filesystem.
 
-ARG RUST_VERSION=1.85
+# Keep in step with rust-version in Cargo.toml (a test checks it).
+ARG RUST_VERSION=1.89
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
 # musl-tools: the musl C compiler that ring (TLS) needs for the musl target.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the rpf container images WITHOUT a container engine.
 #
-#   images/build.sh [--out DIR] [--tag TAG]
+#   images/build.sh [--out DIR] [--tag TAG] [--push REGISTRY/PREFIX [--insecure]] [--no-build]
 #
 # 1. builds rpf-sidecar and rpf-webhook as static release binaries
 #    (x86_64-unknown-linux-musl when that rustup target is installed, otherwise
@@ -13,9 +13,16 @@
 #    blobs: `ctr -n k8s.io images import`, `docker load`, `podman load` and
 #    `skopeo copy oci-archive:` all accept it.
 #
-# Image names and the default tag come from manifests/base/images.env, the one
-# place they are set (the Kustomize manifests read the same file). --tag
+# Image names and the default tag come from manifests/base/images.env (the
+# Kustomize manifests carry the same defaults; a test checks it). --tag
 # replaces the tag of both images (e.g. for a development build).
+#
+# --push REGISTRY/PREFIX then copies both archives to
+# REGISTRY/PREFIX/rpf-sidecar:TAG and REGISTRY/PREFIX/rpf-webhook:TAG with
+# skopeo (no daemon: apt-get install skopeo; log in with `skopeo login`), and
+# prints the `kustomize edit set image` command that pins them by digest.
+# --insecure: plain HTTP / unverified TLS (a local registry). --no-build:
+# push the archives already in DIR.
 #
 # Honors CARGO_TARGET_DIR and SOURCE_DATE_EPOCH (default 0: reproducible).
 set -euo pipefail
@@ -23,23 +30,33 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=$root/target/images
 tag=
+push=
+insecure=
+build=1
 
-usage() { sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,27s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 while [ $# -gt 0 ]; do
   case $1 in
     --out) out=${2:?--out needs a directory}; shift 2 ;;
     --out=*) out=${1#--out=}; shift ;;
     --tag) tag=${2:?--tag needs a value}; shift 2 ;;
     --tag=*) tag=${1#--tag=}; shift ;;
+    --push) push=${2:?--push needs REGISTRY/PREFIX}; shift 2 ;;
+    --push=*) push=${1#--push=}; shift ;;
+    --insecure) insecure=1; shift ;;
+    --no-build) build=; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "build.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 
 need() { command -v "$1" >/dev/null || { echo "build.sh: '$1' not found: install $2" >&2; exit 1; }; }
-need cargo "Rust (https://rustup.rs)"
-need python3 "Python 3"
-need file "the 'file' utility (apt-get install file)"
+if [ -n "$build" ]; then
+  need cargo "Rust (https://rustup.rs)"
+  need python3 "Python 3"
+  need file "the 'file' utility (apt-get install file)"
+fi
+[ -z "$push" ] || need skopeo "skopeo (apt-get install skopeo)"
 
 # --- names -----------------------------------------------------------------
 env_file=$root/manifests/base/images.env
@@ -54,6 +71,7 @@ fi
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml")
 repository=$(sed -n '/^\[workspace.package\]/,/^\[/s/^repository *= *"\(.*\)"/\1/p' "$root/Cargo.toml")
 
+if [ -n "$build" ]; then
 # --- static binaries -------------------------------------------------------
 musl=x86_64-unknown-linux-musl
 # ring (TLS in the webhook) compiles C, so the musl target also needs a musl C
@@ -105,3 +123,23 @@ done
 printf '%-14s %12s  %s\n' archive bytes image
 printf '%-14s %12s  %s\n' rpf-sidecar.tar "$(stat -c %s "$out/rpf-sidecar.tar")" "$sidecar_ref"
 printf '%-14s %12s  %s\n' rpf-webhook.tar "$(stat -c %s "$out/rpf-webhook.tar")" "$webhook_ref"
+fi
+
+# --- push ------------------------------------------------------------------
+push_images() {
+  local tls=() name ref digest dest
+  [ -z "$insecure" ] || tls=(--dest-tls-verify=false)
+  local set_image=()
+  for name in rpf-sidecar rpf-webhook; do
+    [ "$name" = rpf-sidecar ] && ref=$sidecar_ref || ref=$webhook_ref
+    dest=${push%/}/$name:${ref##*:}
+    skopeo copy -q "${tls[@]}" --digestfile "$out/$name.digest" "oci-archive:$out/$name.tar" "docker://$dest"
+    digest=$(cat "$out/$name.digest")
+    echo "pushed $dest@$digest"
+    set_image+=("${ref%:*}=${push%/}/$name@$digest")
+  done
+  echo
+  echo "Use them (in manifests/, or in the overlay you install):"
+  echo "  kustomize edit set image ${set_image[*]}"
+}
+[ -z "$push" ] || push_images

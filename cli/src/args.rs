@@ -31,6 +31,11 @@ pub enum Command {
     Attach(AttachArgs),
     /// Add the rpf sidecar to opted-in pods and workloads in YAML manifests.
     Inject(InjectArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell).
+    Completion(crate::completion::CompletionArgs),
+    /// List TARGETs for the completion scripts (one a line).
+    #[command(name = "__complete-targets", hide = true)]
+    CompleteTargets(crate::completion::CompleteTargetsArgs),
 }
 
 /// How to reach the sidecar through the Kubernetes API server.

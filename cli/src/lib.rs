@@ -9,6 +9,7 @@ pub mod args;
 pub mod attach;
 pub mod channel;
 pub mod cluster;
+pub mod completion;
 pub mod inject;
 pub mod spec;
 pub mod via;
@@ -38,6 +39,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Attach(args) => attach::run(args, shutdown).await,
             Command::Inject(args) => inject::run(args),
+            Command::Completion(args) => completion::run(&args),
+            Command::CompleteTargets(args) => completion::run_targets(&args).await,
         }
     });
     // Don't wait for stray tasks (a blocked DNS lookup) on the way out.

@@ -5,19 +5,21 @@
 //! `kubernetes-validate`, which ships the Kubernetes JSON schemas and needs
 //! no network and no cluster. Then the properties the design depends on are
 //! checked in the rendered output (fail-open webhook, restricted pods, image
-//! names from `images.env`, which overlay carries what).
+//! names from `images.env`, which overlay carries what), and the
+//! kustomizations themselves: current fields only, no warnings from a current
+//! kubectl, and the `images` transformer reaching both images.
 //!
 //! ```sh
 //! pip install kubernetes-validate==1.37.0   # the validator (schemas 1.25 to 1.37)
 //! cargo test -p rpf-e2e --test manifests
 //! ```
 //!
-//! Environment: `RPF_E2E_KUBECTL` (default `kubectl` on `PATH`),
-//! `RPF_E2E_KUBERNETES_VALIDATE` (default `kubernetes-validate` on `PATH`),
-//! and optionally `RPF_E2E_KUBECTL_LEGACY`: an old kubectl (1.14 to 1.20,
-//! whose built-in Kustomize is v2.0.3) that must render every kustomization
-//! to the same objects. Kubernetes 1.20 itself is covered by
-//! `cluster_mission`, which applies the manifests to a real cluster.
+//! Environment: `RPF_E2E_KUBECTL` (default `kubectl` on `PATH`: a current
+//! one, 1.27+, whose Kustomize is v5), `RPF_E2E_KUBERNETES_VALIDATE` (default
+//! `kubernetes-validate` on `PATH`). The overlays for old clusters are
+//! rendered with a current Kustomize too (old kubectls' Kustomize v2 cannot
+//! read current fields); Kubernetes 1.20 itself is covered by
+//! `cluster_mission`, which applies overlays/kubernetes-1.20 to a real cluster.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -43,12 +45,18 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
+        // The default install: matchConditions are GA from 1.30.
         path: "manifests",
+        no_schema: &[],
+        min_version: Some("1.30.0"),
+    },
+    Case {
+        path: "manifests/base",
         no_schema: &[],
         min_version: None,
     },
     Case {
-        path: "manifests/base",
+        path: "manifests/overlays/kubernetes-1.21",
         no_schema: &[],
         min_version: None,
     },
@@ -64,11 +72,6 @@ const CASES: &[Case] = &[
             "cert-manager.io/v1 Issuer",
             "cert-manager.io/v1 Certificate",
         ],
-        min_version: None,
-    },
-    Case {
-        path: "manifests/overlays/match-conditions",
-        no_schema: &[],
         min_version: Some("1.30.0"),
     },
     Case {
@@ -81,6 +84,15 @@ const CASES: &[Case] = &[
         no_schema: &[],
         min_version: None,
     },
+];
+
+/// The kustomizations a user installs, and whether each carries
+/// matchConditions (only those for Kubernetes 1.28+ may).
+const INSTALLS: [(&str, bool); 4] = [
+    ("manifests", true),
+    ("manifests/overlays/cert-manager", true),
+    ("manifests/overlays/kubernetes-1.21", false),
+    ("manifests/overlays/kubernetes-1.20", false),
 ];
 
 fn validator() -> PathBuf {
@@ -227,18 +239,9 @@ fn manifests_validate_against_kubernetes_schemas() {
 fn rendered_manifests_keep_their_promises() {
     let kubectl = Kubectl::offline();
     let (sidecar, webhook) = images_env();
-    for path in [
-        "manifests",
-        "manifests/overlays/kubernetes-1.20",
-        "manifests/overlays/cert-manager",
-        "manifests/overlays/match-conditions",
-    ] {
+    for (path, match_conditions) in INSTALLS {
         let y = render(&kubectl, path);
         let has = |s: &str| y.contains(s);
-        assert!(
-            !has("$(RPF_"),
-            "{path}: a Kustomize variable was not substituted:\n{y}"
-        );
         for must in [
             "failurePolicy: Ignore",
             "sideEffects: None",
@@ -268,7 +271,9 @@ fn rendered_manifests_keep_their_promises() {
             "{path}: webhook image is not {webhook} (manifests/base/images.env)"
         );
         assert!(
-            has(&format!("--sidecar-image={sidecar}\n")),
+            has(&format!(
+                "- name: RPF_SIDECAR_IMAGE\n          value: {sidecar}\n"
+            )) && has("--sidecar-image=$(RPF_SIDECAR_IMAGE)\n"),
             "{path}: sidecar image is not {sidecar} (manifests/base/images.env)"
         );
         let objs = objects(&y);
@@ -298,9 +303,9 @@ fn rendered_manifests_keep_their_promises() {
             "{path}: CA injection"
         );
         assert_eq!(
-            has("matchConditions"),
-            path.ends_with("match-conditions"),
-            "{path}: matchConditions belongs only in overlays/match-conditions"
+            has("matchConditions:") && has("'rpf.dev/enabled' in object.metadata.annotations"),
+            match_conditions,
+            "{path}: matchConditions belong in the installs for 1.28+ and only there"
         );
         assert_eq!(
             has("apiVersion: policy/v1beta1"),
@@ -317,42 +322,116 @@ fn rendered_manifests_keep_their_promises() {
     }
 }
 
-/// With `RPF_E2E_KUBECTL_LEGACY` (an old kubectl with Kustomize v2.0.3),
-/// every kustomization renders to the same objects as with current kubectl.
+/// Fields that current Kustomize deprecates (and kubectl 1.27+ warns about).
+const DEPRECATED_FIELDS: [&str; 7] = [
+    "bases",
+    "vars",
+    "patchesJson6902",
+    "patchesStrategicMerge",
+    "commonLabels",
+    "imageTags",
+    "crds",
+];
+
+/// Every kustomization under `manifests/` uses current fields only, and a
+/// current kubectl renders each without a word on stderr (no deprecation
+/// warnings).
 #[test]
-#[ignore = "needs an old kubectl (1.14-1.20): set RPF_E2E_KUBECTL_LEGACY and run with --ignored"]
-fn legacy_kustomize_renders_the_same_objects() {
-    let Some(legacy) = std::env::var_os("RPF_E2E_KUBECTL_LEGACY").filter(|v| !v.is_empty()) else {
-        eprintln!(
-            "legacy_kustomize_renders_the_same_objects: skipped: RPF_E2E_KUBECTL_LEGACY not set \
-             (an old kubectl, e.g. 1.20, to check Kustomize v2.0.3 compatibility)"
-        );
-        return;
-    };
-    let current = Kubectl::offline();
-    let legacy = Kubectl {
-        bin: PathBuf::from(legacy),
-        kubeconfig: None,
-    };
-    for case in CASES.iter().filter(|c| !c.path.ends_with(".yaml")) {
-        let a = render(&current, case.path);
-        let b = render(&legacy, case.path);
-        assert_eq!(
-            objects(&a),
-            objects(&b),
-            "{}: current and legacy Kustomize disagree",
-            case.path
-        );
+fn kustomizations_use_current_fields_and_render_without_warnings() {
+    let kubectl = Kubectl::offline();
+    let mut dirs = Vec::new();
+    let mut stack = vec![repo_root().join("manifests")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "kustomization.yaml") {
+                dirs.push(dir.clone());
+            }
+        }
+    }
+    assert!(dirs.len() >= 7, "kustomizations found: {dirs:?}");
+    for dir in dirs {
+        let text = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+        for line in text.lines() {
+            let key = line.split(':').next().unwrap_or_default();
+            assert!(
+                !DEPRECATED_FIELDS.contains(&key),
+                "{}: deprecated Kustomize field `{key}`",
+                dir.display()
+            );
+        }
+        if text.contains("kind: Component") {
+            continue; // not buildable by itself
+        }
+        let out = output(Command::new(&kubectl.bin).arg("kustomize").arg(&dir));
         assert!(
-            !b.contains("$(RPF_"),
-            "{}: legacy left a variable:\n{b}",
-            case.path
+            out.status.success(),
+            "kubectl kustomize {} failed",
+            dir.display()
         );
-        let (sidecar, _) = images_env();
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            b.contains(&format!("--sidecar-image={sidecar}")),
-            "{}: legacy render lacks the sidecar image",
-            case.path
+            stderr.trim().is_empty(),
+            "kubectl kustomize {} warned:\n{stderr}",
+            dir.display()
+        );
+    }
+}
+
+/// The `images` transformer (what `kustomize edit set image` writes) reaches
+/// both images in every install: the webhook's container image and the
+/// sidecar image the webhook injects.
+#[test]
+fn images_transformer_sets_both_images() {
+    let kubectl = Kubectl::offline();
+    let (sidecar, webhook) = images_env();
+    let name = |r: &str| r.rsplit_once(':').map_or(r, |(n, _)| n).to_owned();
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("manifests-set-image");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo_root().join("manifests"))
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (path, _) in INSTALLS {
+        let dir = tmp.join(path.trim_start_matches("manifests").trim_start_matches('/'));
+        let file = dir.join("kustomization.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        for image in [&sidecar, &webhook] {
+            let entry = format!("  - name: {}\n", name(image));
+            assert!(
+                text.contains(&entry),
+                "{path}: no `images` entry for {image}"
+            );
+        }
+        // What `kustomize edit set image OLD=registry.test/team/NAME:dev` writes.
+        let text = text
+            .replace(
+                &format!("  - name: {}\n", name(&sidecar)),
+                &format!(
+                    "  - name: {}\n    newName: registry.test/team/rpf-sidecar\n    newTag: dev\n",
+                    name(&sidecar)
+                ),
+            )
+            .replace(
+                &format!("  - name: {}\n", name(&webhook)),
+                &format!(
+                    "  - name: {}\n    newName: registry.test/team/rpf-webhook\n    newTag: dev\n",
+                    name(&webhook)
+                ),
+            );
+        std::fs::write(&file, text).unwrap();
+        let y = kubectl.kustomize(&dir);
+        assert!(
+            y.contains("value: registry.test/team/rpf-sidecar:dev\n")
+                && y.contains("image: registry.test/team/rpf-webhook:dev\n")
+                && !y.contains(&sidecar)
+                && !y.contains(&webhook),
+            "{path}: set image did not reach both images:\n{y}"
         );
     }
 }
