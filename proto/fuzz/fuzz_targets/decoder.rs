@@ -11,7 +11,9 @@ use libfuzzer_sys::fuzz_target;
 use rpf_proto::message::{Decoder, MAX_MESSAGE_LEN};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&seed, stream)) = data.split_first() else { return };
+    let Some((&seed, stream)) = data.split_first() else {
+        return;
+    };
     let mut decoder = Decoder::default();
     let mut rest = stream;
     let mut step = 0usize;
@@ -30,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
                     let mut again = Decoder::default();
                     again.extend(&line);
                     let back = again.next_message().expect("our own encoding decodes");
-                    assert_eq!(back.as_ref(), Some(&message), "re-encoding changed the message");
+                    assert_eq!(
+                        back.as_ref(),
+                        Some(&message),
+                        "re-encoding changed the message"
+                    );
                     assert_eq!(again.pending(), 0);
                 }
                 Ok(None) => break,
