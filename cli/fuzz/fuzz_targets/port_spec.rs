@@ -1,0 +1,18 @@
+//! The port-spec parser (`rpf attach TARGET SPEC...`) on arbitrary text.
+//!
+//! Checks: no panic; an accepted spec displays without panicking; a list
+//! parses to exactly as many specs as it has items, or fails.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rpf_cli::spec::PortSpec;
+
+fuzz_target!(|text: &str| {
+    if let Ok(spec) = PortSpec::parse(text) {
+        let _ = spec.local_display();
+    }
+    let items: Vec<&str> = text.split(' ').collect();
+    if let Ok(specs) = PortSpec::parse_all(&items) {
+        assert_eq!(specs.len(), items.len());
+    }
+});
