@@ -120,7 +120,7 @@ pub async fn run_targets(args: &CompleteTargetsArgs) -> anyhow::Result<()> {
 /// Every candidate for `word`: bare pod names and the kind prefixes, or the
 /// `KIND/NAME`s of the kind the word names.
 async fn candidates(args: &CompleteTargetsArgs) -> anyhow::Result<Vec<String>> {
-    crate::cluster::install_crypto_provider();
+    rpf_process::install_crypto_provider();
     let options = KubeConfigOptions {
         context: args.context.clone(),
         ..KubeConfigOptions::default()

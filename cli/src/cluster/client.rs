@@ -72,7 +72,7 @@ mod tests {
     /// The client builds from a plain configuration (no proxy).
     #[tokio::test]
     async fn builds_without_proxy() {
-        super::super::install_crypto_provider();
+        rpf_process::install_crypto_provider();
         let config = Config::new("https://127.0.0.1:6443".parse().unwrap());
         build(config).unwrap();
     }

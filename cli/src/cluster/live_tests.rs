@@ -31,7 +31,7 @@ async fn client() -> Option<Client> {
         eprintln!("skipped: RPF_E2E_KUBECONFIG not set");
         return None;
     };
-    install_crypto_provider();
+    rpf_process::install_crypto_provider();
     let kubeconfig = Kubeconfig::read_from(&path).expect("read RPF_E2E_KUBECONFIG");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await

@@ -41,12 +41,6 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long establishing a TCP connection to the API server may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Makes sure exactly one rustls crypto provider is in use: ring, the one
-/// kube is built with. Harmless when a provider is already installed.
-pub fn install_crypto_provider() {
-    rpf_process::install_crypto_provider();
-}
-
 /// A cluster and a target in it: opens channels to the target's sidecar.
 pub struct ClusterSource {
     client: Client,
@@ -105,7 +99,7 @@ impl ClusterSource {
     /// namespace, in-cluster config, the exec/auth-provider credentials kube
     /// supports) and parses TARGET.
     pub async fn new(args: &AttachArgs, target: &str) -> Result<Self, OpenError> {
-        install_crypto_provider();
+        rpf_process::install_crypto_provider();
         let target = Target::parse(target)?;
         let config = load_config(args).await?;
         let namespace = args
