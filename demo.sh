@@ -92,7 +92,14 @@ on_exit() { cleanup_steps+=("$(printf '%q ' "$@")"); }
 # Stops a background process and waits for it (its pid is in $1).
 stop() { kill -TERM "$1" 2>/dev/null && wait "$1" 2>/dev/null || true; }
 
-bin=$(realpath -m "${CARGO_TARGET_DIR:-target}/release")
+# RPF_DEMO_PROFILE=debug uses a debug build (the tests do: they have one).
+profile=${RPF_DEMO_PROFILE:-release}
+case $profile in
+  release) build_flags=(--release) ;;
+  debug) build_flags=() ;;
+  *) echo "RPF_DEMO_PROFILE must be release or debug, not $profile" >&2; exit 2 ;;
+esac
+bin=$(realpath -m "${CARGO_TARGET_DIR:-target}/$profile")
 
 # A service on your machine: python3's web server on a free loopback port
 # ($port), serving one page from directory $1.
@@ -104,12 +111,21 @@ start_local_service() {
     "$(hostname)" "$port" >"$1/index.html"
   printf '$ %s &\n' "python3 -m http.server $port --bind 127.0.0.1 --directory $1"
   python3 -m http.server "$port" --bind 127.0.0.1 --directory "$1" &
-  on_exit stop "$!"
+  local server=$!
+  on_exit stop "$server"
+  # Python takes a moment to start on a busy machine: wait until it listens.
+  local i
+  for ((i = 0; i < 100; i++)); do
+    ss -Hltn "sport = :$port" | grep -q . && return
+    kill -0 "$server" 2>/dev/null || die "the web server exited; see its messages above"
+    sleep 0.1
+  done
+  die "the web server did not listen on 127.0.0.1:$port within 10 s"
 }
 
 build() {
-  say "Building rpf (cargo build --release --bins; cargo skips what is up to date)"
-  cargo build --release --bins --quiet
+  say "Building rpf (cargo build ${build_flags[*]} --bins; cargo skips what is up to date)"
+  cargo build "${build_flags[@]}" --bins --quiet
 }
 
 namespace_demo() {
@@ -178,7 +194,7 @@ load_image_archive() {
 }
 
 cluster_demo() {
-  need kubectl:kubernetes-client curl:curl python3:python3
+  need kubectl:kubernetes-client curl:curl python3:python3 ss:iproute2
   kubectl version >/dev/null || die "kubectl cannot reach a cluster: set KUBECONFIG or the kubectl context"
   local minor overlay ns=rpf-demo-$$ dir
   minor=$(kubectl version -o json | python3 -c 'import json,sys,re; print(re.match(r"\d+", json.load(sys.stdin)["serverVersion"]["minor"]).group())')

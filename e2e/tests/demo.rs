@@ -16,8 +16,10 @@
 //! (default `ctr -n k8s.io images import`), `RPF_E2E_CLIENT_IMAGE`
 //! (default `busybox:1.36`).
 //!
-//! The script builds the release binaries itself (cargo skips them when
-//! they are up to date), so the first run takes a release build.
+//! The script builds the binaries itself (cargo skips them when they are up
+//! to date). A newcomer gets a release build; the namespace tests pass
+//! `RPF_DEMO_PROFILE=debug` so that they reuse the test build instead of
+//! adding a release build to every CI run.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -196,9 +198,14 @@ fn demo_dir(out: &str) -> PathBuf {
     PathBuf::from(word_after(out, " --directory "))
 }
 
+/// The namespace flavour on the debug binaries the tests were built with.
+fn debug_build() -> [(&'static str, String); 1] {
+    [("RPF_DEMO_PROFILE", "debug".to_owned())]
+}
+
 #[test]
 fn demo_runs_end_to_end_and_leaves_nothing() {
-    let mut demo = Demo::start(&[], &[]);
+    let mut demo = Demo::start(&[], &debug_build());
     let status = demo.wait_exit(RUN_TIMEOUT);
     let out = demo.transcript();
     assert!(status.success(), "demo.sh failed ({status}):\n{out}");
@@ -209,7 +216,7 @@ fn demo_runs_end_to_end_and_leaves_nothing() {
 
 #[test]
 fn demo_keep_running_stops_cleanly_on_ctrl_c() {
-    let mut demo = Demo::start(&["--keep-running"], &[]);
+    let mut demo = Demo::start(&["--keep-running"], &debug_build());
     demo.wait_for("Running until Ctrl-C", RUN_TIMEOUT);
     let out = demo.transcript();
     let (ns, dir) = assert_shows_demo(&out);

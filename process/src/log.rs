@@ -58,8 +58,9 @@ pub fn init_logging(style: LogStyle, verbose: u8, quiet: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&directives));
     #[cfg(not(feature = "env-filter"))]
-    let filter: tracing_subscriber::filter::Targets =
-        directives.parse().expect("built-in filter directives parse");
+    let filter: tracing_subscriber::filter::Targets = directives
+        .parse()
+        .expect("built-in filter directives parse");
     let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_max_level(Level::TRACE)

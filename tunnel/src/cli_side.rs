@@ -32,8 +32,8 @@ use crate::metrics::{ErrorType, Metrics};
 use crate::net::{canonical_ip, describe_io_error, dial};
 use crate::pump::{splice, Meters, PumpError};
 use rpf_proto::message::{BindAddr, BoundListener, ListenerSpec, Message, PodRef, RejectReason};
-use rpf_proto::{wire, PROTOCOL_VERSION};
 use rpf_proto::{version_mismatch, Side};
+use rpf_proto::{wire, PROTOCOL_VERSION};
 
 /// One reverse port forward, as the user asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,8 +30,8 @@ use crate::pump::{self, splice, Meters, PumpError};
 use rpf_proto::message::{
     BindErrorKind, BoundListener, ListenerSpec, Message, PodRef, RejectReason,
 };
-use rpf_proto::{wire, PROTOCOL_VERSION};
 use rpf_proto::{version_mismatch, Side};
+use rpf_proto::{wire, PROTOCOL_VERSION};
 
 /// What the sidecar knows about itself, told to the CLI in its hello.
 #[derive(Debug, Clone, Default)]

@@ -5,49 +5,15 @@
 //! Every message names the object, the namespace and, where there is one,
 //! the next step, so that nobody has to decode a bare HTTP status.
 
-use std::fmt;
-
 use crate::channel::OpenError;
-use crate::cluster::target::Kind;
+use crate::cluster::rbac::{join_permissions, Permission};
+use crate::cluster::target::{InvalidTarget, Kind, ObjectRef};
 
 /// How to opt a pod in, appended to every "no sidecar" message.
 pub const OPT_IN_HINT: &str =
     "to opt a pod in, annotate its template with rpf.dev/enabled: \"true\" \
 (with the rpf webhook installed in the cluster), or add the sidecar to the manifest with \
 `rpf inject -f manifest.yaml | kubectl apply -f -`";
-
-/// An RBAC permission, as `kubectl auth can-i` spells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permission {
-    /// `get`, `list`, `create`.
-    pub verb: String,
-    /// `pods`, `deployments.apps`, `pods/portforward`.
-    pub resource: String,
-}
-
-impl Permission {
-    /// A verb on a resource (`resource[/subresource][.group]` as kubectl writes it).
-    pub fn new(verb: &str, resource: &str) -> Self {
-        Self {
-            verb: verb.to_owned(),
-            resource: resource.to_owned(),
-        }
-    }
-}
-
-impl fmt::Display for Permission {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.verb, self.resource)
-    }
-}
-
-fn join_permissions(missing: &[Permission]) -> String {
-    missing
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Why the cluster side could not produce a channel.
 #[derive(Debug, thiserror::Error)]
@@ -57,73 +23,45 @@ pub enum ClusterError {
     Config(String),
 
     /// TARGET does not parse.
-    #[error("invalid target {target:?}: {reason}")]
-    BadTarget {
-        /// What the user typed.
-        target: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    BadTarget(#[from] InvalidTarget),
 
     /// The named object does not exist.
-    #[error("{kind} \"{name}\" not found in namespace \"{namespace}\"")]
-    NotFound {
-        /// Kind searched (`pod`, `deployment`, ...).
-        kind: Kind,
-        /// Name searched.
-        name: String,
-        /// Namespace searched.
-        namespace: String,
-    },
+    #[error("{} \"{}\" not found in namespace \"{}\"", .0.kind, .0.name, .0.namespace)]
+    NotFound(ObjectRef),
 
     /// The object's selector matches no pod (yet).
-    #[error("{kind}/{name} in namespace \"{namespace}\" has no pods (selector {selector})")]
+    #[error("{workload} has no pods (selector {selector})")]
     NoPods {
-        /// Kind of the workload.
-        kind: Kind,
-        /// Its name.
-        name: String,
-        /// Its namespace.
-        namespace: String,
+        /// The workload.
+        workload: ObjectRef,
         /// The label selector used.
         selector: String,
     },
 
     /// The object cannot select pods at all (e.g. a Service without selector).
-    #[error("{kind}/{name} in namespace \"{namespace}\" cannot be forwarded to: {reason}")]
+    #[error("{object} cannot be forwarded to: {reason}")]
     NoSelector {
-        /// Kind of the object.
-        kind: Kind,
-        /// Its name.
-        name: String,
-        /// Its namespace.
-        namespace: String,
+        /// The object.
+        object: ObjectRef,
         /// Why.
         reason: String,
     },
 
     /// None of the pods carries the sidecar.
-    #[error("{}; {OPT_IN_HINT}", no_sidecar_text(.kind, .name, .namespace, .pods))]
+    #[error("{}; {OPT_IN_HINT}", no_sidecar_text(.target, .pods))]
     NoSidecar {
-        /// Kind of the target.
-        kind: Kind,
-        /// Its name.
-        name: String,
-        /// Its namespace.
-        namespace: String,
+        /// What the user named.
+        target: ObjectRef,
         /// Pods that were looked at (names).
         pods: Vec<String>,
     },
 
     /// Every pod of a workload has terminated.
-    #[error("all pods of {kind}/{name} in namespace \"{namespace}\" have terminated ({pods})")]
+    #[error("all pods of {workload} have terminated ({pods})")]
     AllTerminated {
-        /// Kind of the workload.
-        kind: Kind,
-        /// Its name.
-        name: String,
-        /// Its namespace.
-        namespace: String,
+        /// The workload.
+        workload: ObjectRef,
         /// `name (phase)` of each.
         pods: String,
         /// Whether the controller will make new ones.
@@ -131,12 +69,10 @@ pub enum ClusterError {
     },
 
     /// The pod is not in phase Running.
-    #[error("pod {namespace}/{name} is not running (phase {phase}{detail})")]
+    #[error("{pod} is not running (phase {phase}{detail})")]
     NotRunning {
-        /// Namespace.
-        namespace: String,
-        /// Pod name.
-        name: String,
+        /// The pod.
+        pod: ObjectRef,
         /// Pod phase.
         phase: String,
         /// `: reason` or empty.
@@ -146,32 +82,26 @@ pub enum ClusterError {
     },
 
     /// The pod is being deleted.
-    #[error("pod {namespace}/{name} is terminating")]
+    #[error("{pod} is terminating")]
     Terminating {
-        /// Namespace.
-        namespace: String,
-        /// Pod name.
-        name: String,
+        /// The pod.
+        pod: ObjectRef,
     },
 
     /// The sidecar container is not (yet) ready.
-    #[error("the rpf-sidecar container of pod {namespace}/{name} is not ready ({state})")]
+    #[error("the rpf-sidecar container of {pod} is not ready ({state})")]
     SidecarNotReady {
-        /// Namespace.
-        namespace: String,
-        /// Pod name.
-        name: String,
+        /// The pod.
+        pod: ObjectRef,
         /// What its status says.
         state: String,
     },
 
     /// The pod annotation naming the control port is not a port.
-    #[error("pod {namespace}/{name}: annotation {annotation} is {value:?}, not a port number")]
+    #[error("{pod}: annotation {annotation} is {value:?}, not a port number")]
     BadControlPort {
-        /// Namespace.
-        namespace: String,
-        /// Pod name.
-        name: String,
+        /// The pod.
+        pod: ObjectRef,
         /// The annotation key.
         annotation: &'static str,
         /// Its value.
@@ -202,14 +132,12 @@ pub enum ClusterError {
     Unreachable(String),
 
     /// Opening the port-forward or exec stream failed.
-    #[error("cannot open {transport} to pod {namespace}/{name}: {reason}")]
+    #[error("cannot open {transport} to {pod}: {reason}")]
     Upgrade {
         /// `port-forward` or `exec`.
         transport: &'static str,
-        /// Namespace.
-        namespace: String,
-        /// Pod name.
-        name: String,
+        /// The pod.
+        pod: ObjectRef,
         /// What went wrong.
         reason: String,
         /// Whether trying again may help.
@@ -228,16 +156,19 @@ pub enum ClusterError {
     },
 }
 
-fn no_sidecar_text(kind: &Kind, name: &str, namespace: &str, pods: &[String]) -> String {
+fn no_sidecar_text(target: &ObjectRef, pods: &[String]) -> String {
+    let ObjectRef {
+        kind,
+        name,
+        namespace,
+    } = target;
     match (kind, pods) {
-        (Kind::Pod, _) => format!(
-            "pod {namespace}/{name} has no rpf-sidecar container, so rpf cannot reach it"
-        ),
+        (Kind::Pod, _) => format!("{target} has no rpf-sidecar container, so rpf cannot reach it"),
         (_, [one]) => format!(
             "pod {namespace}/{one} of {kind}/{name} has no rpf-sidecar container, so rpf cannot reach it"
         ),
         _ => format!(
-            "none of the {} pods of {kind}/{name} in namespace \"{namespace}\" has an rpf-sidecar container ({})",
+            "none of the {} pods of {target} has an rpf-sidecar container ({})",
             pods.len(),
             pods.join(", ")
         ),
@@ -258,8 +189,8 @@ impl ClusterError {
             | ClusterError::Upgrade { retryable, .. }
             | ClusterError::Api { retryable, .. } => *retryable,
             ClusterError::Config(_)
-            | ClusterError::BadTarget { .. }
-            | ClusterError::NotFound { .. }
+            | ClusterError::BadTarget(_)
+            | ClusterError::NotFound(_)
             | ClusterError::NoSelector { .. }
             | ClusterError::NoSidecar { .. }
             | ClusterError::BadControlPort { .. }
@@ -362,11 +293,12 @@ mod tests {
 
     #[test]
     fn texts_name_object_namespace_and_next_step() {
-        let e = ClusterError::NotFound {
+        let web = ObjectRef {
             kind: Kind::Deployment,
             name: "web".into(),
             namespace: "dev".into(),
         };
+        let e = ClusterError::NotFound(web.clone());
         assert_eq!(
             e.to_string(),
             "deployment \"web\" not found in namespace \"dev\""
@@ -374,9 +306,7 @@ mod tests {
         assert!(!e.is_retryable());
 
         let e = ClusterError::NoSidecar {
-            kind: Kind::Pod,
-            name: "web-1".into(),
-            namespace: "dev".into(),
+            target: ObjectRef::pod("dev", "web-1"),
             pods: vec!["web-1".into()],
         };
         let text = e.to_string();
@@ -391,9 +321,7 @@ mod tests {
         );
 
         let e = ClusterError::NoSidecar {
-            kind: Kind::Deployment,
-            name: "web".into(),
-            namespace: "dev".into(),
+            target: web,
             pods: vec!["web-a".into(), "web-b".into()],
         };
         assert!(e
@@ -415,8 +343,7 @@ mod tests {
     #[test]
     fn retryable_or_not() {
         let pending = ClusterError::NotRunning {
-            namespace: "n".into(),
-            name: "p".into(),
+            pod: ObjectRef::pod("n", "p"),
             phase: "Pending".into(),
             detail: String::new(),
             retryable: true,
@@ -424,8 +351,7 @@ mod tests {
         assert!(pending.is_retryable());
         assert!(OpenError::from(pending).retryable);
         let gone = ClusterError::NotRunning {
-            namespace: "n".into(),
-            name: "p".into(),
+            pod: ObjectRef::pod("n", "p"),
             phase: "Failed".into(),
             detail: ": Error".into(),
             retryable: false,

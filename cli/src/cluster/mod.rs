@@ -19,7 +19,12 @@ pub mod error;
 pub mod exec;
 pub mod portforward;
 pub mod preflight;
+mod ranking;
+pub mod rbac;
+pub mod resolve;
 pub mod target;
+#[cfg(test)]
+mod test_pods;
 
 use std::time::Duration;
 
@@ -30,9 +35,10 @@ use rpf_proto::{SIDECAR_BINARY_PATH, SIDECAR_CONTAINER};
 
 use crate::args::{AttachArgs, Transport};
 use crate::channel::{Channel, OpenError, Place};
+use error::ApiFailure;
 pub use error::ClusterError;
-use error::{ApiFailure, Permission};
-pub use target::{Kind, Target};
+use rbac::Permission;
+pub use target::{Kind, ObjectRef, Target};
 
 /// How long resolving and checking a target may take before the API server
 /// counts as unreachable (the stream itself has no time limit).
@@ -100,7 +106,7 @@ impl ClusterSource {
     /// supports) and parses TARGET.
     pub async fn new(args: &AttachArgs, target: &str) -> Result<Self, OpenError> {
         rpf_process::install_crypto_provider();
-        let target = Target::parse(target)?;
+        let target = Target::parse(target).map_err(ClusterError::from)?;
         let config = load_config(args).await?;
         let namespace = args
             .namespace
@@ -203,8 +209,7 @@ impl ClusterSource {
             Ok(Err(e)) => Err(self.upgrade_error(e, &name).await.into()),
             Err(_) => Err(ClusterError::Upgrade {
                 transport: self.transport_name(),
-                namespace: self.namespace.clone(),
-                name,
+                pod: ObjectRef::pod(&self.namespace, &name),
                 reason: format!("no answer within {} s", API_TIMEOUT.as_secs()),
                 retryable: true,
             }
@@ -213,7 +218,7 @@ impl ClusterSource {
     }
 
     async fn resolve(&self) -> Result<Pod, ClusterError> {
-        let pod = target::resolve(&self.client, &self.target, &self.namespace).await?;
+        let pod = resolve::resolve(&self.client, &self.target, &self.namespace).await?;
         preflight::check_pod(&pod)?;
         Ok(pod)
     }
@@ -242,8 +247,7 @@ impl ClusterSource {
         tracing::debug!(%message, ?failure, "upgrade failed");
         let upgrade = |reason: String, retryable: bool| ClusterError::Upgrade {
             transport: self.transport_name(),
-            namespace: self.namespace.clone(),
-            name: pod.to_owned(),
+            pod: ObjectRef::pod(&self.namespace, pod),
             reason,
             retryable,
         };
@@ -254,8 +258,7 @@ impl ClusterSource {
                     Permission::new("get", self.needed()),
                 ];
                 let missing =
-                    preflight::missing_permissions(&self.client, &self.namespace, pod, &wanted)
-                        .await;
+                    rbac::missing_permissions(&self.client, &self.namespace, pod, &wanted).await;
                 let missing = match missing {
                     Some(m) if !m.is_empty() => m,
                     // The review could not tell: name what the transport needs.

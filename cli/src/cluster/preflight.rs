@@ -2,20 +2,16 @@
 //! sidecar is not ready (waiting: CrashLoopBackOff)" or "you may not create
 //! pods/portforward" instead of a bare `failed to switch protocol: 403`.
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::api::PostParams;
-use kube::{Api, Client};
 use rpf_proto::{annotations, DEFAULT_CONTROL_PORT, SIDECAR_CONTAINER};
 
-use crate::cluster::error::{ClusterError, Permission};
+use crate::cluster::error::ClusterError;
+use crate::cluster::target::ObjectRef;
 
-fn name_ns(pod: &Pod) -> (String, String) {
-    (
-        pod.metadata.namespace.clone().unwrap_or_default(),
-        pod.metadata.name.clone().unwrap_or_default(),
+fn pod_ref(pod: &Pod) -> ObjectRef {
+    ObjectRef::pod(
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default(),
     )
 }
 
@@ -78,17 +74,15 @@ fn describe_state(status: Option<&ContainerStatus>) -> String {
 /// Checks that the pod can take a channel now: running, not being deleted,
 /// sidecar container ready.
 pub fn check_pod(pod: &Pod) -> Result<(), ClusterError> {
-    let (namespace, name) = name_ns(pod);
+    let pod_ref = pod_ref(pod);
     if !has_sidecar(pod) {
         return Err(ClusterError::NoSidecar {
-            kind: crate::cluster::target::Kind::Pod,
-            name: name.clone(),
-            namespace,
-            pods: vec![name],
+            pods: vec![pod_ref.name.clone()],
+            target: pod_ref,
         });
     }
     if pod.metadata.deletion_timestamp.is_some() {
-        return Err(ClusterError::Terminating { namespace, name });
+        return Err(ClusterError::Terminating { pod: pod_ref });
     }
     let status = pod.status.as_ref();
     let phase = status
@@ -102,8 +96,7 @@ pub fn check_pod(pod: &Pod) -> Result<(), ClusterError> {
             _ => String::new(),
         };
         return Err(ClusterError::NotRunning {
-            namespace,
-            name,
+            pod: pod_ref,
             retryable: matches!(phase.as_str(), "Pending" | "Unknown"),
             phase,
             detail,
@@ -112,8 +105,7 @@ pub fn check_pod(pod: &Pod) -> Result<(), ClusterError> {
     let sidecar = sidecar_status(pod);
     if !sidecar.is_some_and(|s| s.ready) {
         return Err(ClusterError::SidecarNotReady {
-            namespace,
-            name,
+            pod: pod_ref,
             state: describe_state(sidecar),
         });
     }
@@ -131,62 +123,13 @@ pub fn control_port(pod: &Pod) -> Result<u16, ClusterError> {
         None => Ok(DEFAULT_CONTROL_PORT),
         Some(v) => match v.trim().parse::<u16>() {
             Ok(port) if port != 0 => Ok(port),
-            _ => {
-                let (namespace, name) = name_ns(pod);
-                Err(ClusterError::BadControlPort {
-                    namespace,
-                    name,
-                    annotation: annotations::CONTROL_PORT,
-                    value: v.clone(),
-                })
-            }
+            _ => Err(ClusterError::BadControlPort {
+                pod: pod_ref(pod),
+                annotation: annotations::CONTROL_PORT,
+                value: v.clone(),
+            }),
         },
     }
-}
-
-/// Asks the API server (SelfSubjectAccessReview) which of `wanted` the
-/// current user lacks on pod `name`. `None` when the question itself
-/// could not be answered.
-pub async fn missing_permissions(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    wanted: &[Permission],
-) -> Option<Vec<Permission>> {
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let mut missing = Vec::new();
-    for permission in wanted {
-        let (resource, subresource) = match permission.resource.split_once('/') {
-            Some((r, s)) => (r.to_owned(), Some(s.to_owned())),
-            None => (permission.resource.clone(), None),
-        };
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(namespace.to_owned()),
-                    verb: Some(permission.verb.clone()),
-                    resource: Some(resource),
-                    subresource,
-                    name: Some(name.to_owned()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match api.create(&PostParams::default(), &review).await {
-            Ok(answer) => {
-                if !answer.status.is_some_and(|s| s.allowed) {
-                    missing.push(permission.clone());
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "SelfSubjectAccessReview failed");
-                return None;
-            }
-        }
-    }
-    Some(missing)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! [`target::resolve`] against a scripted API server (a tower service in
+//! [`resolve`] against a scripted API server (a tower service in
 //! place of the HTTP stack): which requests it makes, with which label
 //! selector, and what it makes of 404 and 403 answers. Logic only: the real
 //! thing is exercised by `live_tests` and the e2e suite.
@@ -10,7 +10,8 @@ use k8s_openapi::serde_json::{json, Value};
 use kube::client::Body;
 use kube::Client;
 
-use super::target::{resolve, Target};
+use super::resolve::resolve;
+use super::target::Target;
 
 fn pod(name: &str, labels: Value, sidecar: bool, ready_at: &str) -> Value {
     let mut containers = vec![json!({"name": "app", "image": "busybox"})];

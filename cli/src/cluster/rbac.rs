@@ -1,0 +1,89 @@
+//! RBAC as `kubectl auth can-i` spells it: the [`Permission`]s rpf needs,
+//! and which of them the API server says the current user lacks.
+
+use std::fmt;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+/// An RBAC permission, as `kubectl auth can-i` spells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    /// `get`, `list`, `create`.
+    pub verb: String,
+    /// `pods`, `deployments.apps`, `pods/portforward`.
+    pub resource: String,
+}
+
+impl Permission {
+    /// A verb on a resource (`resource[/subresource][.group]` as kubectl writes it).
+    pub fn new(verb: &str, resource: &str) -> Self {
+        Self {
+            verb: verb.to_owned(),
+            resource: resource.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.verb, self.resource)
+    }
+}
+
+/// `get pods, create pods/portforward`.
+pub(super) fn join_permissions(missing: &[Permission]) -> String {
+    missing
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Asks the API server (SelfSubjectAccessReview) which of `wanted` the
+/// current user lacks on pod `name`. `None` when the question itself
+/// could not be answered.
+pub async fn missing_permissions(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    wanted: &[Permission],
+) -> Option<Vec<Permission>> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for permission in wanted {
+        let (resource, subresource) = match permission.resource.split_once('/') {
+            Some((r, s)) => (r.to_owned(), Some(s.to_owned())),
+            None => (permission.resource.clone(), None),
+        };
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_owned()),
+                    verb: Some(permission.verb.clone()),
+                    resource: Some(resource),
+                    subresource,
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &review).await {
+            Ok(answer) => {
+                if !answer.status.is_some_and(|s| s.allowed) {
+                    missing.push(permission.clone());
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "SelfSubjectAccessReview failed");
+                return None;
+            }
+        }
+    }
+    Some(missing)
+}
