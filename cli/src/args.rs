@@ -3,8 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
+
+use crate::cluster::{ClusterOptions, Transport};
 
 /// rpf: reverse port-forward for Kubernetes.
 ///
@@ -36,15 +38,6 @@ pub enum Command {
     /// List TARGETs for the completion scripts (one a line).
     #[command(name = "__complete-targets", hide = true)]
     CompleteTargets(crate::completion::CompleteTargetsArgs),
-}
-
-/// How to reach the sidecar through the Kubernetes API server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Transport {
-    /// API port-forward to the sidecar's control port (needs pods/portforward).
-    Portforward,
-    /// API exec of `/rpf-sidecar stdio` in the sidecar container (needs pods/exec).
-    Exec,
 }
 
 /// `rpf attach`.
@@ -125,4 +118,15 @@ pub struct InjectArgs {
     /// Always); only for clusters running Kubernetes 1.29 or later.
     #[arg(long)]
     pub native_sidecar: bool,
+}
+
+impl AttachArgs {
+    /// The cluster flags, for the cluster module.
+    pub fn cluster(&self) -> ClusterOptions {
+        ClusterOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
 }

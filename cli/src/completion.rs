@@ -20,10 +20,10 @@ use clap_complete::Shell;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config, Resource};
+use kube::{Api, Client, Resource};
 
 use crate::args::Cli;
+use crate::cluster::ClusterOptions;
 
 /// `rpf completion`.
 #[derive(Debug, Args)]
@@ -120,22 +120,13 @@ pub async fn run_targets(args: &CompleteTargetsArgs) -> anyhow::Result<()> {
 /// Every candidate for `word`: bare pod names and the kind prefixes, or the
 /// `KIND/NAME`s of the kind the word names.
 async fn candidates(args: &CompleteTargetsArgs) -> anyhow::Result<Vec<String>> {
-    rpf_process::install_crypto_provider();
-    let options = KubeConfigOptions {
+    let (client, namespace) = ClusterOptions {
+        kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
-        ..KubeConfigOptions::default()
-    };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &options).await?
-        }
-        None => Config::from_kubeconfig(&options).await?,
-    };
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config)?;
+        namespace: args.namespace.clone(),
+    }
+    .connect()
+    .await?;
     let Some((kind, _)) = args.word.split_once('/') else {
         let mut out = names::<Pod>(&client, &namespace).await?;
         out.extend(KINDS.iter().map(|k| (*k).to_owned()));

@@ -10,30 +10,21 @@
 //! sends a Status on the error channel: [`ExecStream`] reports it as the
 //! read error at end of stream.
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{AttachParams, AttachedProcess};
 use kube::Api;
-use tokio::io::{AsyncRead, AsyncWrite, Join, ReadBuf, ReadHalf, SimplexStream, WriteHalf};
+use tokio::io::{Join, ReadHalf, SimplexStream, WriteHalf};
+
+use super::stream::{FailureFuture, ReportingStream};
 
 /// Bytes kube may buffer in each direction of an exec stream.
 pub const EXEC_BUFFER: usize = 4 << 20;
 
-type StatusFuture = Pin<Box<dyn Future<Output = Option<Status>> + Send>>;
-
 /// stdout and stdin of the remote command as one stream.
-pub struct ExecStream {
-    inner: Join<ReadHalf<SimplexStream>, WriteHalf<SimplexStream>>,
-    status: Option<StatusFuture>,
-    /// The command's failure, once reported.
-    failed: Option<String>,
-    what: String,
-}
+pub type ExecStream = ReportingStream<Join<ReadHalf<SimplexStream>, WriteHalf<SimplexStream>>>;
 
 /// The words of a failure Status, or `None` for success.
 pub fn status_failure(status: &Status) -> Option<String> {
@@ -61,65 +52,6 @@ pub fn status_failure(status: &Status) -> Option<String> {
     Some(text)
 }
 
-impl ExecStream {
-    /// The failure is kept once received: a failed write and the read
-    /// after it both report it.
-    fn reported_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        if let Some(future) = self.status.as_mut() {
-            if let Poll::Ready(status) = future.as_mut().poll(cx) {
-                self.status = None;
-                self.failed = status
-                    .as_ref()
-                    .and_then(status_failure)
-                    .map(|m| format!("{}: {m}", self.what));
-            }
-        }
-        self.failed
-            .as_ref()
-            .map(|m| io::Error::new(io::ErrorKind::ConnectionAborted, m.clone()))
-    }
-}
-
-impl AsyncRead for ExecStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
-                match self.reported_error(cx) {
-                    Some(e) => Poll::Ready(Err(e)),
-                    None => Poll::Ready(Ok(())),
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-impl AsyncWrite for ExecStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, data) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(self.reported_error(cx).unwrap_or(e))),
-            other => other,
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Runs `command` in `container` of pod `name` and returns its stdin and
 /// stdout as one stream, plus the process handle (dropping it ends the exec).
 pub async fn open(
@@ -141,18 +73,20 @@ pub async fn open(
     let mut process = pods.exec(name, command.iter().copied(), &params).await?;
     let stdout = process.stdout().expect("stdout requested");
     let stdin = process.stdin().expect("stdin requested");
-    let status = process.take_status().map(|f| Box::pin(f) as StatusFuture);
+    let failure = process.take_status().map(|status| {
+        Box::pin(async move { status.await.as_ref().and_then(status_failure) }) as FailureFuture
+    });
     let what = format!(
         "exec of {:?} in container {container} of pod {name}",
         command.join(" ")
     );
     Ok((
-        ExecStream {
-            inner: tokio::io::join(stdout, stdin),
-            status,
-            failed: None,
+        ExecStream::new(
+            tokio::io::join(stdout, stdin),
+            failure,
+            Duration::ZERO,
             what,
-        },
+        ),
         process,
     ))
 }

@@ -25,6 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::channel::Duplex;
+use crate::cluster::stream::{FailureFuture, ReportingStream};
+use kube::api::Portforwarder;
 
 async fn client() -> Option<Client> {
     let Some(path) = std::env::var_os("RPF_E2E_KUBECONFIG").filter(|v| !v.is_empty()) else {
@@ -250,7 +252,7 @@ async fn transports_carry_bytes_both_ways() {
                 .unwrap();
             (Box::new(io), Box::new(guard))
         } else {
-            let (io, guard) = portforward::open_kube(&pods, "echo", 4598).await.unwrap();
+            let (io, guard) = open_kube(&pods, "echo", 4598).await.unwrap();
             (Box::new(io), Box::new(guard))
         };
         let _ = io.write_all(b"hello").await;
@@ -271,7 +273,7 @@ async fn transports_carry_bytes_both_ways() {
     // Both port-forward implementations side by side: kube's Portforwarder
     // and the raw WebSocket one.
     for round in 0..2 {
-        let (io, guard) = portforward::open_kube(&pods, "echo", 4499)
+        let (io, guard) = open_kube(&pods, "echo", 4499)
             .await
             .expect("kube port-forward");
         let kube_mbps = echo_round_trip(Box::new(io), size()).await;
@@ -385,4 +387,35 @@ async fn errors_on_a_real_cluster_say_what_to_do() {
             ns.name
         )
     );
+}
+
+/// Keeps the port-forward's WebSocket task alive, and stops it when the
+/// channel is dropped.
+struct ForwarderGuard(Portforwarder);
+
+impl Drop for ForwarderGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens a port-forward to `port` of pod `name` with kube's own
+/// `Portforwarder`, for the comparison below (see docs/cluster.md): it
+/// sends at most 4 KiB per WebSocket message and measured 3x slower than
+/// [`portforward::open`].
+async fn open_kube(
+    pods: &Api<Pod>,
+    name: &str,
+    port: u16,
+) -> Result<(ReportingStream<tokio::io::DuplexStream>, ForwarderGuard), kube::Error> {
+    let mut forwarder = pods.portforward(name, &[port]).await?;
+    let stream = forwarder.take_stream(port).expect("the port we asked for");
+    let error = forwarder
+        .take_error(port)
+        .map(|f| Box::pin(f) as FailureFuture);
+    let what = format!("port-forward to port {port} of pod {name}");
+    Ok((
+        ReportingStream::new(stream, error, portforward::ERROR_GRACE, what),
+        ForwarderGuard(forwarder),
+    ))
 }

@@ -22,10 +22,12 @@ pub mod preflight;
 mod ranking;
 pub mod rbac;
 pub mod resolve;
+mod stream;
 pub mod target;
 #[cfg(test)]
 mod test_pods;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -33,7 +35,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use rpf_proto::{SIDECAR_BINARY_PATH, SIDECAR_CONTAINER};
 
-use crate::args::{AttachArgs, Transport};
 use crate::channel::{Channel, OpenError, Place};
 use error::ApiFailure;
 pub use error::ClusterError;
@@ -65,59 +66,90 @@ impl std::fmt::Debug for ClusterSource {
     }
 }
 
-/// Loads the client configuration like kubectl: `--kubeconfig`, else
-/// `$KUBECONFIG`, else `~/.kube/config`; `--context` or the current
-/// context; in a pod without any kubeconfig, the in-cluster service account.
-async fn load_config(args: &AttachArgs) -> Result<Config, ClusterError> {
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        cluster: None,
-        user: None,
-    };
-    let config_error = |e: &dyn std::fmt::Display| ClusterError::Config(e.to_string());
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .map_err(|e| ClusterError::Config(format!("{}: {e}", path.display())))?;
-            Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .map_err(|e| config_error(&e))?
-        }
-        None => match Config::from_kubeconfig(&options).await {
-            Ok(config) => config,
-            Err(kubeconfig_error) => {
-                let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-                let explicit = args.context.is_some() || std::env::var_os("KUBECONFIG").is_some();
-                match (in_pod && !explicit).then(Config::incluster) {
-                    Some(Ok(config)) => config,
-                    _ => return Err(config_error(&kubeconfig_error)),
-                }
-            }
-        },
-    };
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    Ok(config)
+/// Which cluster and namespace to work in, as kubectl's flags name them.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`.
+    pub context: Option<String>,
+    /// `-n`; the context's namespace when absent.
+    pub namespace: Option<String>,
 }
 
-impl ClusterSource {
-    /// Builds the kube client (`--kubeconfig` or `$KUBECONFIG` or
-    /// `~/.kube/config`, `--context`, `-n` defaulting to the context's
-    /// namespace, in-cluster config, the exec/auth-provider credentials kube
-    /// supports) and parses TARGET.
-    pub async fn new(args: &AttachArgs, target: &str) -> Result<Self, OpenError> {
+impl ClusterOptions {
+    /// A kube client for these options and the namespace to work in.
+    ///
+    /// Loads the configuration like kubectl: `--kubeconfig`, else
+    /// `$KUBECONFIG`, else `~/.kube/config`; `--context` or the current
+    /// context; in a pod without any kubeconfig, the in-cluster service
+    /// account. The client keeps `TCP_NODELAY` on ([`client::build`]).
+    pub async fn connect(&self) -> Result<(Client, String), ClusterError> {
         rpf_process::install_crypto_provider();
-        let target = Target::parse(target).map_err(ClusterError::from)?;
-        let config = load_config(args).await?;
-        let namespace = args
+        let config = self.load_config().await?;
+        let namespace = self
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
-        let client = client::build(config)?;
+        Ok((client::build(config)?, namespace))
+    }
+
+    async fn load_config(&self) -> Result<Config, ClusterError> {
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            cluster: None,
+            user: None,
+        };
+        let config_error = |e: &dyn std::fmt::Display| ClusterError::Config(e.to_string());
+        let mut config = match &self.kubeconfig {
+            Some(path) => {
+                let kubeconfig = Kubeconfig::read_from(path)
+                    .map_err(|e| ClusterError::Config(format!("{}: {e}", path.display())))?;
+                Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|e| config_error(&e))?
+            }
+            None => match Config::from_kubeconfig(&options).await {
+                Ok(config) => config,
+                Err(kubeconfig_error) => {
+                    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+                    let explicit =
+                        self.context.is_some() || std::env::var_os("KUBECONFIG").is_some();
+                    match (in_pod && !explicit).then(Config::incluster) {
+                        Some(Ok(config)) => config,
+                        _ => return Err(config_error(&kubeconfig_error)),
+                    }
+                }
+            },
+        };
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        Ok(config)
+    }
+}
+
+/// How to reach the sidecar through the Kubernetes API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// API port-forward to the sidecar's control port (needs pods/portforward).
+    Portforward,
+    /// API exec of `/rpf-sidecar stdio` in the sidecar container (needs pods/exec).
+    Exec,
+}
+
+impl ClusterSource {
+    /// Connects to the cluster `options` name and parses TARGET.
+    pub async fn new(
+        options: &ClusterOptions,
+        transport: Transport,
+        target: &str,
+    ) -> Result<Self, OpenError> {
+        let target = Target::parse(target).map_err(ClusterError::from)?;
+        let (client, namespace) = options.connect().await?;
         Ok(Self {
             client,
             namespace,
             target,
-            transport: args.transport,
+            transport,
         })
     }
 
