@@ -4,15 +4,22 @@
 //! forwards; [`attach`] opens a [`channel`] (through [`via`] or [`cluster`])
 //! and runs the CLI side of a tunnel session over it, reconnecting when the
 //! channel is lost; [`inject`] adds the sidecar to manifests.
+//!
+//! The public surface is [`main`] (both binaries call it) and the two
+//! parsers the fuzz targets drive ([`PortSpec`], [`Target`]); everything
+//! else is private, so the compiler reports what nothing uses.
 
-pub mod args;
-pub mod attach;
-pub mod channel;
-pub mod cluster;
-pub mod completion;
-pub mod inject;
-pub mod spec;
-pub mod via;
+mod args;
+mod attach;
+mod channel;
+mod cluster;
+mod completion;
+mod inject;
+mod spec;
+mod via;
+
+pub use cluster::Target;
+pub use spec::PortSpec;
 
 use std::process::ExitCode;
 

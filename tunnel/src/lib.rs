@@ -16,11 +16,11 @@
 //! - [`ratelimit`]: peer-triggered warnings rate-limited with a count.
 
 pub mod cli_side;
-pub mod control;
+mod control;
 pub mod error;
 pub mod http2;
 pub mod metrics;
 pub mod net;
-pub mod pump;
+mod pump;
 pub mod ratelimit;
 pub mod sidecar_side;

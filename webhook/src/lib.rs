@@ -18,20 +18,20 @@
 //! [`run`] wires them: the binary parses [`Args`] and calls it; tests call
 //! [`run_until`] with their own listener and stop signal.
 
-pub mod admission;
-pub mod args;
-pub mod metrics;
-pub mod self_managed;
-pub mod server;
+mod admission;
+mod args;
+mod metrics;
+mod self_managed;
+mod server;
 pub mod tls;
-pub mod version;
+mod version;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub use args::{Args, NativeSidecar, PullPolicy};
+pub use args::{parse_duration, Args, NativeSidecar, PullPolicy};
 use rpf_inject::InjectConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

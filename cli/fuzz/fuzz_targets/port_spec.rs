@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpf_cli::spec::PortSpec;
+use rpf_cli::PortSpec;
 
 fuzz_target!(|text: &str| {
     if let Ok(spec) = PortSpec::parse(text) {

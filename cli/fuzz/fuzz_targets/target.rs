@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpf_cli::cluster::Target;
+use rpf_cli::Target;
 
 fuzz_target!(|text: &str| {
     if let Ok(target) = Target::parse(text) {

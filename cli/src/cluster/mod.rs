@@ -39,7 +39,7 @@ use crate::channel::{Channel, OpenError, Place};
 use error::ApiFailure;
 pub use error::ClusterError;
 use rbac::Permission;
-pub use target::{Kind, ObjectRef, Target};
+pub use target::{ObjectRef, Target};
 
 /// How long resolving and checking a target may take before the API server
 /// counts as unreachable (the stream itself has no time limit).
@@ -153,7 +153,8 @@ impl ClusterSource {
         })
     }
 
-    /// A source for an existing client (tests, embedding).
+    /// A source for an existing client (the live tests).
+    #[cfg(test)]
     pub fn with_client(
         client: Client,
         namespace: &str,
@@ -166,16 +167,6 @@ impl ClusterSource {
             target,
             transport,
         }
-    }
-
-    /// The namespace the target is looked up in.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    /// The parsed target.
-    pub fn target(&self) -> &Target {
-        &self.target
     }
 
     /// e.g. `deployment/web in namespace default`, for messages.

@@ -20,7 +20,7 @@ use anyhow::{bail, ensure, Context};
 use bytes::Bytes;
 use clap::Parser;
 use rpf_e2e::process::{bin, free_port};
-use rpf_webhook::args::parse_duration;
+use rpf_webhook::parse_duration;
 use rpf_webhook::tls::{self, Validity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
