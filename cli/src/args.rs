@@ -96,6 +96,14 @@ pub struct AttachArgs {
     /// Exit (non-zero) when the channel is lost instead of reconnecting.
     #[arg(long)]
     pub no_reconnect: bool,
+    /// How long the sidecar keeps the ports in the pod bound after the
+    /// channel is lost (not after Ctrl-C), so pod connections wait for the
+    /// reconnect instead of being refused, e.g. 30s, 2m, 45; 0 closes them
+    /// at once. The sidecar caps it at 10m. Needs a sidecar that outlives
+    /// the channel (the port-forward transport); none with exec or a
+    /// `--via` command that starts `rpf-sidecar stdio`.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_grace)]
+    pub grace: std::time::Duration,
     /// How long the first attach waits for the pod to be running with its
     /// sidecar ready (as kubectl port-forward does), e.g. 30s, 2m.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
@@ -103,6 +111,14 @@ pub struct AttachArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+}
+
+/// A duration as humantime (`30s`, `2m`, `1m30s`) or plain seconds (`45`).
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(secs) => Ok(std::time::Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s).map_err(|e| e.to_string()),
+    }
 }
 
 /// `rpf inject`.
