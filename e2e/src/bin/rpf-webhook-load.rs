@@ -58,7 +58,7 @@ impl Drop for Webhook {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tls::install_crypto_provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = std::env::temp_dir().join(format!("rpf-webhook-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
