@@ -142,3 +142,28 @@ pub struct InjectArgs {
     #[arg(long)]
     pub native_sidecar: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn grace_takes_humantime_or_plain_seconds() {
+        assert_eq!(parse_grace("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_grace("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_grace("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_grace("soon").is_err());
+        assert!(parse_grace("-5").is_err());
+    }
+
+    #[test]
+    fn grace_defaults_to_thirty_seconds() {
+        let cli = Cli::try_parse_from(["rpf", "attach", "--via", "x", "8080"]).unwrap();
+        let Command::Attach(args) = cli.command else {
+            panic!("attach")
+        };
+        assert_eq!(args.grace, rpf_proto::DEFAULT_GRACE);
+    }
+}
