@@ -89,6 +89,14 @@ pub struct AttachArgs {
     /// Exit (non-zero) when the channel is lost instead of reconnecting.
     #[arg(long)]
     pub no_reconnect: bool,
+    /// How long the sidecar keeps the ports in the pod bound after the
+    /// channel is lost (not after Ctrl-C), so pod connections wait for the
+    /// reconnect instead of being refused, e.g. 30s, 2m, 45; 0 closes them
+    /// at once. The sidecar caps it at 10m. Needs a sidecar that outlives
+    /// the channel (the port-forward transport); none with exec or a
+    /// `--via` command that starts `rpf-sidecar stdio`.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_grace)]
+    pub grace: std::time::Duration,
     /// How long the first attach waits for the pod to be running with its
     /// sidecar ready (as kubectl port-forward does), e.g. 30s, 2m.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
@@ -96,6 +104,14 @@ pub struct AttachArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+}
+
+/// A duration as humantime (`30s`, `2m`, `1m30s`) or plain seconds (`45`).
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(secs) => Ok(std::time::Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s).map_err(|e| e.to_string()),
+    }
 }
 
 /// `rpf inject`.
@@ -128,5 +144,30 @@ impl AttachArgs {
             context: self.context.clone(),
             namespace: self.namespace.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn grace_takes_humantime_or_plain_seconds() {
+        assert_eq!(parse_grace("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_grace("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_grace("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_grace("soon").is_err());
+        assert!(parse_grace("-5").is_err());
+    }
+
+    #[test]
+    fn grace_defaults_to_thirty_seconds() {
+        let cli = Cli::try_parse_from(["rpf", "attach", "--via", "x", "8080"]).unwrap();
+        let Command::Attach(args) = cli.command else {
+            panic!("attach")
+        };
+        assert_eq!(args.grace, rpf_proto::DEFAULT_GRACE);
     }
 }

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rpf_proto::message::{BindAddr, BindErrorKind, BoundListener};
+use rpf_proto::message::{BindAddr, BindErrorKind, BoundListener, SessionTicket};
 use rpf_proto::Side;
-use rpf_tunnel::cli_side::{default_bind_addrs, handshake, CliConfig, Established, Forward};
+use rpf_tunnel::cli_side::{
+    default_bind_addrs, handshake, CliConfig, Established, Forward, Resume,
+};
 use rpf_tunnel::error::SessionError;
 use rpf_tunnel::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +59,11 @@ pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Resul
         }
     }
     let specs = PortSpec::parse_all(specs)?;
-    let config = CliConfig::new(forwards(&specs, &args));
+    let mut config = CliConfig::new(forwards(&specs, &args));
+    // Without reconnecting nobody would come back for the kept ports.
+    if !args.no_reconnect {
+        config.grace = args.grace;
+    }
     let metrics = Metrics::new(Side::Cli);
     if let Some(addr) = args.metrics_addr {
         let render = {
@@ -127,7 +133,8 @@ struct Policy {
 /// for a pod that is still starting, like `kubectl port-forward`; anything
 /// else fails fast (a typo, a taken port). After that, a lost channel is
 /// reopened with jittered exponential backoff until Ctrl-C, unless
-/// reconnecting is off.
+/// reconnecting is off. A session the sidecar kept through the lost channel
+/// is resumed; if it is gone (grace over, another pod), a new one starts.
 async fn supervise(
     source: &mut Source,
     config: &CliConfig,
@@ -139,12 +146,14 @@ async fn supervise(
     let mut established_once = false;
     let mut backoff = new_backoff();
     let first_deadline = std::time::Instant::now() + policy.first_wait;
+    // The session the sidecar keeps for us while the channel is down.
+    let mut ticket: Option<SessionTicket> = None;
     loop {
         let attempt = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            attempt = connect(source, config, metrics) => attempt,
+            _ = shutdown.cancelled() => return release(source, config, metrics, ticket).await,
+            attempt = connect(source, config, metrics, ticket.as_ref()) => attempt,
         };
-        let (session, place, transport) = match attempt {
+        let (session, place, transport, resumed) = match attempt {
             Ok(ok) => ok,
             Err(Failure::Open(e))
                 if !established_once
@@ -157,7 +166,7 @@ async fn supervise(
                     .min(Duration::from_secs(5));
                 warn!("waiting for {}: {:#}", source.describe(), e.error);
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => return release(source, config, metrics, ticket).await,
                     _ = tokio::time::sleep(delay) => continue,
                 }
             }
@@ -173,24 +182,31 @@ async fn supervise(
                     delay.as_secs_f64()
                 );
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => return release(source, config, metrics, ticket).await,
                     _ = tokio::time::sleep(delay) => continue,
                 }
             }
         };
-        if established_once {
+        if resumed {
+            eprintln!("Reconnected to {place}; session resumed, its ports in the pod stayed open");
+        } else if established_once {
             eprintln!("Reconnected to {place}");
         }
         print_forwarding(&session.bound, specs, config, &place);
         established_once = true;
         backoff = new_backoff();
+        ticket = session.ticket.clone();
         let served = session.serve(shutdown.clone()).await;
         drop(transport);
         match served {
             Ok(()) => return Ok(()),
-            Err(e) if policy.reconnect && e.is_retryable() => {
-                eprintln!("Lost connection to {place}: {e}; reconnecting");
-            }
+            Err(e) if policy.reconnect && e.is_retryable() => match &ticket {
+                Some(t) => eprintln!(
+                    "Lost connection to {place}: {e}; reconnecting (the sidecar keeps the ports for {}s)",
+                    Duration::from_millis(t.grace_ms).as_secs()
+                ),
+                None => eprintln!("Lost connection to {place}: {e}; reconnecting"),
+            },
             Err(e) => {
                 return Err(anyhow::Error::new(e).context(format!("lost connection to {place}")))
             }
@@ -233,12 +249,18 @@ impl Failure {
     }
 }
 
-/// Opens a channel and establishes a session over it.
+/// An established session, where it runs, what keeps its transport alive,
+/// and whether it is a resumed one.
+type Connected = (Established, String, Option<Box<dyn Send>>, bool);
+
+/// Opens a channel and establishes a session over it: resumes the session
+/// `ticket` names when the sidecar can, or binds a new one.
 async fn connect(
     source: &mut Source,
     config: &CliConfig,
     metrics: &Metrics,
-) -> Result<(Established, String, Option<Box<dyn Send>>), Failure> {
+    ticket: Option<&SessionTicket>,
+) -> Result<Connected, Failure> {
     let channel = source.open().await.map_err(Failure::Open)?;
     let Channel { io, place, guard } = channel;
     let described = match &place {
@@ -254,13 +276,69 @@ async fn connect(
         (Place::Via, None, Some(host)) => format!("host {host}"),
         (Place::Via, None, None) => described,
     };
-    let session = greeted
-        .bind()
-        .await
-        .map_err(|e| Failure::Session(e, place.clone()))?;
-    // The transport (child process, API connection) lives with the session.
-    Ok((session, place, guard))
+    let failed = |e| Failure::Session(e, place.clone());
+    let greeted = match ticket {
+        Some(ticket) if greeted.sidecar.resume => {
+            match greeted.resume(&ticket.token).await.map_err(failed)? {
+                // The transport (child process, API connection) lives with
+                // the session.
+                Resume::Resumed(session) => return Ok((session, place, guard, true)),
+                Resume::Refused(greeted, reason) => {
+                    eprintln!("The sidecar in {place} did not resume the session ({reason}); starting a new session, binding the ports anew");
+                    greeted
+                }
+            }
+        }
+        Some(_) => {
+            eprintln!("The sidecar in {place} cannot resume sessions; starting a new session, binding the ports anew");
+            greeted
+        }
+        None => greeted,
+    };
+    let session = greeted.bind().await.map_err(failed)?;
+    Ok((session, place, guard, false))
 }
+
+/// On Ctrl-C while the channel is down: the sidecar still keeps our ports
+/// for the grace period, so reach it once more, briefly, to resume the
+/// session and say goodbye, freeing them now. Best effort: exiting is
+/// still a success if it fails.
+async fn release(
+    source: &mut Source,
+    config: &CliConfig,
+    metrics: &Metrics,
+    ticket: Option<SessionTicket>,
+) -> anyhow::Result<()> {
+    let Some(ticket) = ticket else {
+        return Ok(());
+    };
+    let goodbye = async {
+        let channel = source.open().await.ok()?;
+        let greeted = handshake(channel.io, config, metrics).await.ok()?;
+        if !greeted.sidecar.resume {
+            return None;
+        }
+        let Resume::Resumed(session) = greeted.resume(&ticket.token).await.ok()? else {
+            return None;
+        };
+        let now = CancellationToken::new();
+        now.cancel();
+        session.serve(now).await.ok()
+    };
+    if tokio::time::timeout(RELEASE_TIMEOUT, goodbye)
+        .await
+        .is_err()
+    {
+        info!(
+            "could not reach the sidecar to close the session: it keeps the ports for up to {}s",
+            Duration::from_millis(ticket.grace_ms).as_secs()
+        );
+    }
+    Ok(())
+}
+
+/// How long exiting may take to free ports kept across a lost channel.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Words a session failure with the place and the next step.
 fn session_error(e: SessionError, place: &str) -> anyhow::Error {

@@ -96,7 +96,7 @@ impl FakeSidecar {
         let listeners = loop {
             match self.next().await {
                 Some(Message::Hello { .. }) => continue,
-                Some(Message::Bind { listeners }) => break listeners,
+                Some(Message::Bind { listeners, .. }) => break listeners,
                 other => panic!("the CLI should ask to bind, got {other:?}"),
             }
         };
@@ -107,7 +107,10 @@ impl FakeSidecar {
                 addrs: vec![std::net::SocketAddr::from(([127, 0, 0, 1], l.port))],
             })
             .collect();
-        self.send(&Message::Bound { listeners: bound });
+        self.send(&Message::Bound {
+            listeners: bound,
+            session: None,
+        });
         listeners.iter().map(|l| l.id).collect()
     }
 

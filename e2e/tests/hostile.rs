@@ -26,6 +26,7 @@ async fn escapes_and_forged_lines_from_the_pod_are_printed_escaped() {
             name: format!("pod{FORGED}"),
         }),
         hostname: Some(format!("host{FORGED}")),
+        resume: false,
     };
     let mut pod = fake.accept(&hello).await;
     pod.accept_bind().await;

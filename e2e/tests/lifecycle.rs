@@ -141,7 +141,8 @@ fn serve_mode_hosts_independent_sessions_over_tcp() {
     let via = format!("{} socat - TCP:127.0.0.1:4499", pod.ns.exec_prefix());
     let (one, two) = (HttpServer::start("one"), HttpServer::start("two"));
     let mut a = Attach::start(&["--via", &via, &format!("8080:{}", one.port)]);
-    let mut b = Attach::start(&["--via", &via, &format!("8081:{}", two.port)]);
+    // No grace for this one: its kill -9 below must free the port at once.
+    let mut b = Attach::start(&["--via", &via, "--grace", "0", &format!("8081:{}", two.port)]);
     a.wait_forwarding(2);
     b.wait_forwarding(2);
 
@@ -186,7 +187,8 @@ fn serve_mode_hosts_independent_sessions_over_tcp() {
         "two"
     );
 
-    // Killing a CLI outright frees its ports too (the TCP channel closes).
+    // Killing a CLI outright frees its ports too (the TCP channel closes),
+    // once its grace period, here none, is over.
     b.signal("KILL");
     assert!(pod
         .ns

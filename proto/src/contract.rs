@@ -29,6 +29,17 @@ pub const DEFAULT_CONTROL_PORT: u16 = 4499;
 /// Concurrent connections allowed per reverse listener (KEP-5695 default).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
+/// How long `rpf attach` asks the sidecar to keep a session's listeners
+/// after its channel is lost: long enough to ride out a port-forward that
+/// drops (an API server restart, a laptop changing networks, the backoff
+/// of a few reconnect attempts), short enough that a CLI which is really
+/// gone does not hold the pod's ports for long.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// The most grace the sidecar grants, whatever the CLI asks: the listeners
+/// are the pod's resources, not the CLI's.
+pub const MAX_GRACE: Duration = Duration::from_secs(600);
+
 /// Pod annotations understood by rpf.
 pub mod annotations {
     /// `"true"` opts a pod into sidecar injection.

@@ -58,6 +58,33 @@ pub struct BoundListener {
     pub addrs: Vec<SocketAddr>,
 }
 
+/// What a CLI needs to resume a session after losing its channel.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTicket {
+    /// Unguessable, issued by the sidecar; whoever holds it can take the
+    /// session over, so it is never printed.
+    pub token: String,
+    /// How long the sidecar keeps the session without a channel.
+    pub grace_ms: u64,
+}
+
+impl std::fmt::Debug for SessionTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTicket")
+            .field("token", &"<redacted>")
+            .field("grace_ms", &self.grace_ms)
+            .finish()
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Why the sidecar refused a pod connection without asking the CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,16 +137,51 @@ pub enum Message {
         /// Sidecar only: its host name (the pod name in Kubernetes).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hostname: Option<String>,
+        /// Sidecar only: it outlives the channel, so it can keep a session
+        /// through a lost channel and understands `resume`. Absent (false)
+        /// from older sidecars and from `stdio`, which ends with its channel.
+        #[serde(default, skip_serializing_if = "is_false")]
+        resume: bool,
     },
     /// CLI → sidecar: open these listeners, all or none.
     Bind {
         /// The listeners.
         listeners: Vec<ListenerSpec>,
+        /// How long to keep the session's listeners after its channel is
+        /// lost without a goodbye, waiting for a `resume` (0 or absent: close
+        /// them at once, as older CLIs expect). The sidecar caps it.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        grace_ms: u64,
     },
     /// Sidecar → CLI: every listener of the last `Bind` is open.
     Bound {
         /// Where each one is bound.
         listeners: Vec<BoundListener>,
+        /// Present when the session will survive a lost channel: the token
+        /// to resume it with, and the grace the sidecar granted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionTicket>,
+    },
+    /// CLI → sidecar, instead of a first `Bind`: re-attach the session this
+    /// token names, whose listeners the sidecar kept after a lost channel.
+    /// Sent only to a sidecar whose hello said `resume`.
+    Resume {
+        /// The token from the session's `Bound`.
+        token: String,
+    },
+    /// Sidecar → CLI: the session is re-attached; its listeners never closed
+    /// and connections that waited for the channel now flow.
+    Resumed {
+        /// Where each listener is bound (as first reported).
+        listeners: Vec<BoundListener>,
+        /// The same token and grace as before.
+        session: SessionTicket,
+    },
+    /// Sidecar → CLI: no session to resume (wrong or expired token). The
+    /// session stream stays open: the CLI may `Bind` a fresh session.
+    ResumeFailed {
+        /// Why, for the user.
+        reason: String,
     },
     /// Sidecar → CLI: a listener could not be opened; none of the `Bind` is.
     BindFailed {
@@ -163,6 +225,7 @@ impl Message {
             software: SOFTWARE_VERSION.to_string(),
             pod,
             hostname,
+            resume: false,
         }
     }
 
@@ -242,6 +305,13 @@ impl Decoder {
 mod tests {
     use super::*;
 
+    fn ticket() -> SessionTicket {
+        SessionTicket {
+            token: "ab".repeat(16),
+            grace_ms: 30_000,
+        }
+    }
+
     fn sample() -> Vec<Message> {
         vec![
             Message::hello(
@@ -268,6 +338,7 @@ mod tests {
                     max_connections: 10,
                     allow: vec!["10.0.0.0/8".parse().unwrap()],
                 }],
+                grace_ms: 30_000,
             },
             Message::Bound {
                 listeners: vec![BoundListener {
@@ -277,6 +348,20 @@ mod tests {
                         "[::1]:8080".parse().unwrap(),
                     ],
                 }],
+                session: Some(ticket()),
+            },
+            Message::Resume {
+                token: "ab".repeat(16),
+            },
+            Message::Resumed {
+                listeners: vec![BoundListener {
+                    id: 1,
+                    addrs: vec!["127.0.0.1:8080".parse().unwrap()],
+                }],
+                session: ticket(),
+            },
+            Message::ResumeFailed {
+                reason: "no such session".into(),
             },
             Message::BindFailed {
                 id: 1,
@@ -321,6 +406,45 @@ mod tests {
             dec.next_message().unwrap(),
             Some(Message::Goodbye { reason: "x".into() })
         );
+    }
+
+    #[test]
+    fn messages_of_peers_that_predate_resume_decode_without_it() {
+        let mut dec = Decoder::default();
+        dec.extend(b"{\"type\":\"hello\",\"protocol\":1,\"software\":\"0.1.0\"}\n");
+        dec.extend(b"{\"type\":\"bind\",\"listeners\":[]}\n");
+        dec.extend(b"{\"type\":\"bound\",\"listeners\":[]}\n");
+        assert!(matches!(
+            dec.next_message().unwrap(),
+            Some(Message::Hello { resume: false, .. })
+        ));
+        assert!(matches!(
+            dec.next_message().unwrap(),
+            Some(Message::Bind { grace_ms: 0, .. })
+        ));
+        assert!(matches!(
+            dec.next_message().unwrap(),
+            Some(Message::Bound { session: None, .. })
+        ));
+    }
+
+    #[test]
+    fn without_grace_the_wire_is_what_older_peers_sent() {
+        let bind = Message::Bind {
+            listeners: vec![],
+            grace_ms: 0,
+        };
+        assert_eq!(
+            &bind.encode()[..],
+            b"{\"type\":\"bind\",\"listeners\":[]}\n"
+        );
+        let hello = String::from_utf8(Message::hello(None, None).encode().to_vec()).unwrap();
+        assert!(!hello.contains("resume"), "{hello}");
+    }
+
+    #[test]
+    fn a_ticket_never_shows_its_token_in_logs() {
+        assert!(!format!("{:?}", ticket()).contains("abab"));
     }
 
     #[test]

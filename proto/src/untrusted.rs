@@ -64,6 +64,7 @@ impl Message {
                 software,
                 pod,
                 hostname,
+                resume,
             } => Message::Hello {
                 protocol,
                 software: escape(&software),
@@ -72,6 +73,7 @@ impl Message {
                     name: escape(&p.name),
                 }),
                 hostname: hostname.as_deref().map(escape),
+                resume,
             },
             Message::BindFailed {
                 id,
@@ -90,9 +92,15 @@ impl Message {
             Message::Goodbye { reason } => Message::Goodbye {
                 reason: escape(&reason),
             },
-            other @ (Message::Bind { .. } | Message::Bound { .. } | Message::Rejected { .. }) => {
-                other
-            }
+            Message::ResumeFailed { reason } => Message::ResumeFailed {
+                reason: escape(&reason),
+            },
+            // Tokens are compared, never printed; the rest is numbers.
+            other @ (Message::Bind { .. }
+            | Message::Bound { .. }
+            | Message::Rejected { .. }
+            | Message::Resume { .. }
+            | Message::Resumed { .. }) => other,
         }
     }
 }
@@ -143,6 +151,7 @@ mod tests {
                 name: "p\n".into(),
             }),
             hostname: Some("h\x1b".into()),
+            resume: false,
         };
         let Message::Hello {
             software,
@@ -163,6 +172,14 @@ mod tests {
                     reason: "\n".into(),
                 },
                 Message::Goodbye {
+                    reason: "\\n".into(),
+                },
+            ),
+            (
+                Message::ResumeFailed {
+                    reason: "\n".into(),
+                },
+                Message::ResumeFailed {
                     reason: "\\n".into(),
                 },
             ),

@@ -17,7 +17,9 @@ use rpf_proto::message::PodRef;
 use rpf_tunnel::error::SessionError;
 use rpf_tunnel::http2::Keepalive;
 use rpf_tunnel::metrics::Metrics;
-use rpf_tunnel::sidecar_side::{run_session, SessionEnd, SidecarConfig};
+use rpf_tunnel::sidecar_side::{
+    run_resumable_session, run_session, SessionEnd, Sessions, SidecarConfig,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,13 +44,16 @@ pub fn config_from_env() -> SidecarConfig {
 }
 
 /// Accepts CLI channels on `listener` until `shutdown` fires; each one runs
-/// a session of its own.
+/// a session of its own, or resumes one whose channel was lost (this
+/// process outlives its channels, so it can keep a session for the grace
+/// period the CLI asked for).
 pub async fn serve(
     listener: TcpListener,
     config: SidecarConfig,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let sessions = Sessions::default();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -56,9 +61,13 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let (config, metrics, shutdown) = (config.clone(), metrics.clone(), shutdown.clone());
+        let sessions = sessions.clone();
         tokio::spawn(async move {
-            info!("session from {peer} started");
-            match run_session(tcp, &config, &metrics, shutdown).await {
+            info!("channel from {peer} opened");
+            match run_resumable_session(tcp, &config, &metrics, shutdown, &sessions).await {
+                Ok(end @ SessionEnd::Detached { .. }) => {
+                    info!("channel from {peer} lost: {}", describe_end(&end))
+                }
                 Ok(end) => info!("session from {peer} ended: {}", describe_end(&end)),
                 Err(e) => warn!("session from {peer} ended: {e}"),
             }
@@ -66,7 +75,8 @@ pub async fn serve(
     }
 }
 
-/// Runs one session over this process's stdin and stdout.
+/// Runs one session over this process's stdin and stdout. The session ends
+/// with the channel, grace period or not: so does this process.
 pub async fn stdio(
     config: SidecarConfig,
     metrics: Metrics,
@@ -84,6 +94,10 @@ pub fn describe_end(end: &SessionEnd) -> String {
     match end {
         SessionEnd::Goodbye(reason) => format!("the CLI said goodbye ({reason})"),
         SessionEnd::Shutdown => "the sidecar is shutting down".into(),
+        SessionEnd::Detached { reason, grace } => format!(
+            "{reason}; keeping its listeners for {}s for the CLI to resume",
+            grace.as_secs_f64()
+        ),
     }
 }
 

@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Accept CLI sessions on a control port (reached through port-forward).
+    /// Accept CLI sessions on a control port (reached through port-forward);
+    /// a session outlives a lost channel for the grace the CLI asked for.
     Serve {
         /// Address of the control port; keep it on loopback.
         #[arg(long, value_name = "ADDR", env = "RPF_CONTROL_ADDR",

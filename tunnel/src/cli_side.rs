@@ -31,7 +31,9 @@ use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
 use crate::metrics::{ErrorType, Metrics};
 use crate::net::{canonical_ip, describe_io_error, dial};
 use crate::pump::{splice, Meters, PumpError};
-use rpf_proto::message::{BindAddr, BoundListener, ListenerSpec, Message, PodRef, RejectReason};
+use rpf_proto::message::{
+    BindAddr, BoundListener, ListenerSpec, Message, PodRef, RejectReason, SessionTicket,
+};
 use rpf_proto::{version_mismatch, Side};
 use rpf_proto::{wire, PROTOCOL_VERSION};
 
@@ -61,14 +63,18 @@ pub struct CliConfig {
     pub forwards: Vec<Forward>,
     /// PING interval and timeout.
     pub keepalive: Keepalive,
+    /// How long the sidecar should keep the session's listeners after the
+    /// channel is lost without a goodbye (zero: close them at once).
+    pub grace: Duration,
 }
 
 impl CliConfig {
-    /// Settings with the default keepalive.
+    /// Settings with the default keepalive and no grace period.
     pub fn new(forwards: Vec<Forward>) -> Self {
         Self {
             forwards,
             keepalive: Keepalive::default(),
+            grace: Duration::ZERO,
         }
     }
 }
@@ -82,6 +88,8 @@ pub struct SidecarInfo {
     pub pod: Option<PodRef>,
     /// Its host name.
     pub hostname: Option<String>,
+    /// Whether it can keep a session through a lost channel and resume it.
+    pub resume: bool,
 }
 
 /// A session whose listeners are all bound.
@@ -90,6 +98,9 @@ pub struct Established {
     pub sidecar: SidecarInfo,
     /// Where each forward is bound in the pod.
     pub bound: Vec<BoundListener>,
+    /// How to resume this session after a lost channel; `None` when the
+    /// sidecar will close its listeners with the channel.
+    pub ticket: Option<SessionTicket>,
     ctl_in: ControlReader,
     ctl_out: ControlWriter,
     driver: JoinHandle<Result<(), h2::Error>>,
@@ -184,6 +195,7 @@ where
             software,
             pod,
             hostname,
+            resume,
         }) => {
             if protocol != PROTOCOL_VERSION {
                 let msg = version_mismatch(PROTOCOL_VERSION, protocol, &software, Side::Cli);
@@ -198,6 +210,7 @@ where
                 software,
                 pod,
                 hostname,
+                resume,
             }
         }
         Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
@@ -219,8 +232,19 @@ where
         state,
         forwards: config.forwards.clone(),
         keepalive: config.keepalive,
+        grace: config.grace,
         metrics: metrics.clone(),
     })
+}
+
+/// What came of asking the sidecar to resume a session.
+#[derive(Debug)]
+pub enum Resume {
+    /// The session is back, with the listeners it never closed.
+    Resumed(Established),
+    /// The sidecar has no such session (expired, ended, another pod); the
+    /// channel is still good for [`Greeted::bind`].
+    Refused(Greeted, String),
 }
 
 /// A session whose hellos are exchanged: the sidecar is known, nothing is
@@ -236,6 +260,7 @@ pub struct Greeted {
     state: Arc<State>,
     forwards: Vec<Forward>,
     keepalive: Keepalive,
+    grace: Duration,
     metrics: Metrics,
 }
 
@@ -249,21 +274,9 @@ impl std::fmt::Debug for Greeted {
 
 impl Greeted {
     /// Asks the sidecar to bind every forward, all or none.
-    pub async fn bind(self) -> Result<Established, SessionError> {
-        let Greeted {
-            sidecar,
-            mut ctl_in,
-            mut ctl_out,
-            driver,
-            stop_driver: stop_tx,
-            pings,
-            state,
-            forwards,
-            keepalive,
-            metrics,
-        } = self;
-        let step = |what| SessionError::Timeout(HANDSHAKE_TIMEOUT, what);
-        let listeners = forwards
+    pub async fn bind(mut self) -> Result<Established, SessionError> {
+        let listeners = self
+            .forwards
             .iter()
             .map(|f| ListenerSpec {
                 id: f.id,
@@ -273,55 +286,103 @@ impl Greeted {
                 allow: f.allow.clone(),
             })
             .collect();
-        ctl_out.send(&Message::Bind { listeners })?;
-        let bound = loop {
-            let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, ctl_in.next())
-                .await
-                .map_err(|_| step("the sidecar to bind"))??;
-            match reply {
-                Some(Message::Bound { listeners }) => break listeners,
-                Some(Message::BindFailed {
+        // Only a sidecar that can resume is asked for grace: with any other
+        // there would be nothing to come back to.
+        let grace = if self.sidecar.resume {
+            self.grace
+        } else {
+            Duration::ZERO
+        };
+        self.ctl_out.send(&Message::Bind {
+            listeners,
+            grace_ms: grace.as_millis().try_into().unwrap_or(u64::MAX),
+        })?;
+        match self.reply("the sidecar to bind").await? {
+            Some(Message::Bound { listeners, session }) => Ok(self.established(listeners, session)),
+            Some(Message::BindFailed {
+                id,
+                addr,
+                reason,
+                kind,
+            }) => {
+                self.ctl_out.finish(&Message::Goodbye {
+                    reason: format!("cannot bind {addr}"),
+                });
+                let _ = self.stop_driver.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
+                Err(SessionError::BindFailed {
                     id,
                     addr,
                     reason,
                     kind,
-                }) => {
-                    ctl_out.finish(&Message::Goodbye {
-                        reason: format!("cannot bind {addr}"),
-                    });
-                    let _ = stop_tx.send(());
-                    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
-                    return Err(SessionError::BindFailed {
-                        id,
-                        addr,
-                        reason,
-                        kind,
-                    });
-                }
+                })
+            }
+            Some(other) => Err(unexpected("the bind result", other)),
+            None => Err(SessionError::Lost("the sidecar closed the session".into())),
+        }
+    }
+
+    /// Asks the sidecar to re-attach the session `token` names; only for a
+    /// sidecar whose hello offered it ([`SidecarInfo::resume`]).
+    pub async fn resume(mut self, token: &str) -> Result<Resume, SessionError> {
+        self.ctl_out.send(&Message::Resume {
+            token: token.to_string(),
+        })?;
+        match self.reply("the sidecar to resume").await? {
+            Some(Message::Resumed { listeners, session }) => {
+                let resumed = self.established(listeners, Some(session));
+                Ok(Resume::Resumed(resumed))
+            }
+            Some(Message::ResumeFailed { reason }) => Ok(Resume::Refused(self, reason)),
+            Some(other) => Err(unexpected("the resume result", other)),
+            None => Err(SessionError::Lost("the sidecar closed the session".into())),
+        }
+    }
+
+    /// The next answer to a request, skipping events; errors end here.
+    async fn reply(&mut self, what: &'static str) -> Result<Option<Message>, SessionError> {
+        loop {
+            let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.ctl_in.next())
+                .await
+                .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT, what))??;
+            match msg {
                 Some(Message::Rejected { .. }) => continue,
                 Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
-                Some(other) => {
-                    return Err(SessionError::Protocol(format!(
-                        "expected the bind result, got {other:?}"
-                    )))
-                }
-                None => return Err(SessionError::Lost("the sidecar closed the session".into())),
+                other => return Ok(other),
             }
-        };
-        metrics.sessions_total.inc();
-        Ok(Established {
-            sidecar,
+        }
+    }
+
+    fn established(self, bound: Vec<BoundListener>, ticket: Option<SessionTicket>) -> Established {
+        self.metrics.sessions_total.inc();
+        Established {
+            sidecar: self.sidecar,
             bound,
-            ctl_in,
-            ctl_out,
-            driver,
-            stop_driver: Some(stop_tx),
-            pings,
-            state,
-            keepalive,
-        })
+            // The token goes back to the sidecar verbatim; a sane one is
+            // short hex, anything else is not worth keeping.
+            ticket: ticket.filter(|t| {
+                t.grace_ms > 0
+                    && (1..=MAX_TOKEN_LEN).contains(&t.token.len())
+                    && t.token.bytes().all(|b| b.is_ascii_hexdigit())
+            }),
+            ctl_in: self.ctl_in,
+            ctl_out: self.ctl_out,
+            driver: self.driver,
+            stop_driver: Some(self.stop_driver),
+            pings: self.pings,
+            state: self.state,
+            keepalive: self.keepalive,
+        }
     }
 }
+
+/// Longest session token the CLI keeps (the sidecar issues 64 hex digits).
+const MAX_TOKEN_LEN: usize = 128;
+
+fn unexpected(what: &str, got: Message) -> SessionError {
+    SessionError::Protocol(format!("expected {what}, got {got:?}"))
+}
+
 impl Established {
     /// Carries connections until `shutdown` fires (`Ok`: goodbye said) or
     /// the session is lost (`Err`: the caller may reconnect).

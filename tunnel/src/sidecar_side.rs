@@ -3,12 +3,20 @@
 //! It says hello, binds what the CLI asks for in the pod's own network
 //! namespace, and carries every accepted connection to the CLI on a stream
 //! of its own. Everything a session opened lives under one cancellation
-//! token: when the session ends, for whatever reason, its listeners close
-//! at once (the ports are free again) and its connections are reset.
+//! token: when the session ends its listeners close at once (the ports are
+//! free again) and its connections are reset.
+//!
+//! A session normally ends with its channel. Under `serve`, where the
+//! process outlives its channels, a CLI may ask for a grace period: a
+//! channel lost without a goodbye then only detaches the session, whose
+//! listeners stay bound and whose new connections wait (bounded by each
+//! listener's connection limit) until a channel resumes it with the
+//! session's token, or the grace period ends.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,7 +25,7 @@ use http::{Method, Request, StatusCode};
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -28,10 +36,10 @@ use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
 use crate::metrics::{ErrorType, Metrics};
 use crate::pump::{self, splice, Meters, PumpError};
 use rpf_proto::message::{
-    BindErrorKind, BoundListener, ListenerSpec, Message, PodRef, RejectReason,
+    BindErrorKind, BoundListener, ListenerSpec, Message, PodRef, RejectReason, SessionTicket,
 };
 use rpf_proto::{version_mismatch, Side};
-use rpf_proto::{wire, PROTOCOL_VERSION};
+use rpf_proto::{wire, MAX_GRACE, PROTOCOL_VERSION};
 
 /// What the sidecar knows about itself, told to the CLI in its hello.
 #[derive(Debug, Clone, Default)]
@@ -44,16 +52,122 @@ pub struct SidecarConfig {
     pub keepalive: Keepalive,
 }
 
-/// How a session ended without error.
+/// How a session (or, for a resumable one, its channel) ended without error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEnd {
     /// The CLI said goodbye.
     Goodbye(String),
     /// We were asked to stop.
     Shutdown,
+    /// The channel was lost without a goodbye; the session keeps its
+    /// listeners for `grace`, waiting for the CLI to resume it.
+    Detached {
+        /// Why the channel ended.
+        reason: String,
+        /// How long the listeners stay.
+        grace: Duration,
+    },
 }
 
-/// Runs one session over `io` until it ends.
+/// Sessions that outlive their channel, shared by every channel of one
+/// `serve` sidecar: a session whose channel was lost without a goodbye is
+/// parked here for its grace period, and a channel that presents its token
+/// takes it back.
+#[derive(Clone, Default)]
+pub struct Sessions {
+    parked: Arc<Mutex<Vec<Parked>>>,
+    epochs: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("parked", &self.parked.lock().expect("lock").len())
+            .finish()
+    }
+}
+
+struct Parked {
+    core: Arc<Core>,
+    epoch: u64,
+}
+
+impl Sessions {
+    /// Keeps `core` for its grace period, then closes it unless a channel
+    /// took it back first.
+    fn park(&self, core: Arc<Core>) {
+        let epoch = self.epochs.fetch_add(1, Ordering::Relaxed);
+        self.parked.lock().expect("lock").push(Parked {
+            core: core.clone(),
+            epoch,
+        });
+        let parked = self.parked.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(core.grace) => {}
+                _ = core.session.cancelled() => {}
+            }
+            let expired = {
+                let mut list = parked.lock().expect("lock");
+                let before = list.len();
+                list.retain(|p| p.epoch != epoch);
+                list.len() != before
+            };
+            if expired {
+                info!(
+                    "no channel came back within {:?}: closing the session's listeners",
+                    core.grace
+                );
+                core.close().await;
+            }
+        });
+    }
+
+    /// The parked session `token` names, taken out of the waiting list.
+    /// Every parked token is compared, each in constant time, so the time
+    /// taken says nothing about how close a guess was.
+    fn take(&self, token: &str) -> Option<Arc<Core>> {
+        let mut list = self.parked.lock().expect("lock");
+        let mut found = None;
+        for (i, p) in list.iter().enumerate() {
+            let same = p
+                .core
+                .token
+                .as_deref()
+                .is_some_and(|t| same_token(t, token));
+            if same && !p.core.session.is_cancelled() {
+                found = Some(i);
+            }
+        }
+        found.map(|i| list.swap_remove(i).core)
+    }
+
+    /// How many sessions wait for their CLI.
+    pub fn parked(&self) -> usize {
+        self.parked.lock().expect("lock").len()
+    }
+}
+
+/// Compares two tokens without stopping at the first difference.
+fn same_token(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A new session token: 256 random bits from the kernel, in hex.
+fn new_token() -> Option<String> {
+    let mut bytes = [0u8; 32];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        Err(e) => {
+            warn!("no randomness for a session token ({e}); this session cannot be resumed");
+            None
+        }
+    }
+}
+
+/// Runs one session over `io` until it ends; the session ends with its
+/// channel (`stdio`: the process ends with its channel too).
 ///
 /// Returns only once every listener of the session is closed, so the ports
 /// are free by the time the caller hears that the session ended.
@@ -66,22 +180,66 @@ pub async fn run_session<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let session = shutdown.child_token();
-    let accept_tasks = TaskTracker::new();
-    let end = session_until_end(io, config, metrics, shutdown, &session, &accept_tasks).await;
-    session.cancel();
-    accept_tasks.close();
-    accept_tasks.wait().await;
-    end
+    run(io, config, metrics, shutdown, None).await
 }
 
-async fn session_until_end<T>(
+/// Runs one channel of a session that may outlive it (`serve`): the channel
+/// either starts a session or resumes a parked one from `sessions`. When
+/// the channel is lost without a goodbye and the CLI asked for a grace
+/// period, the session is parked with its listeners bound
+/// ([`SessionEnd::Detached`]); otherwise, as [`run_session`].
+pub async fn run_resumable_session<T>(
     io: T,
     config: &SidecarConfig,
     metrics: &Metrics,
     shutdown: CancellationToken,
-    session: &CancellationToken,
-    accept_tasks: &TaskTracker,
+    sessions: &Sessions,
+) -> Result<SessionEnd, SessionError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    run(io, config, metrics, shutdown, Some(sessions)).await
+}
+
+async fn run<T>(
+    io: T,
+    config: &SidecarConfig,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+    sessions: Option<&Sessions>,
+) -> Result<SessionEnd, SessionError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut core = None;
+    let end = channel_until_end(io, config, metrics, &shutdown, sessions, &mut core).await;
+    let Some(core) = core else { return end };
+    core.detach();
+    match (end, sessions) {
+        (Err(e), Some(sessions))
+            if e.is_retryable() && core.token.is_some() && !shutdown.is_cancelled() =>
+        {
+            let grace = core.grace;
+            sessions.park(core);
+            Ok(SessionEnd::Detached {
+                reason: e.to_string(),
+                grace,
+            })
+        }
+        (end, _) => {
+            core.close().await;
+            end
+        }
+    }
+}
+
+async fn channel_until_end<T>(
+    io: T,
+    config: &SidecarConfig,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+    sessions: Option<&Sessions>,
+    core: &mut Option<Arc<Core>>,
 ) -> Result<SessionEnd, SessionError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -92,8 +250,6 @@ where
         .map_err(|e| SessionError::Handshake(e.to_string()))?;
     let pings = conn.ping_pong().expect("ping_pong is taken once");
     let mut driver = tokio::spawn(conn);
-    // Everything this session opens dies with it, even if we return early.
-    let _close_all = session.clone().drop_guard();
 
     let mut send_req = send_req.ready().await.map_err(SessionError::lost)?;
     let request = Request::builder()
@@ -105,7 +261,11 @@ where
         .send_request(request, false)
         .map_err(SessionError::lost)?;
     let mut ctl_out = ControlWriter::new(send);
-    ctl_out.send(&Message::hello(config.pod.clone(), config.hostname.clone()))?;
+    let mut hello = Message::hello(config.pod.clone(), config.hostname.clone());
+    if let Message::Hello { resume, .. } = &mut hello {
+        *resume = sessions.is_some();
+    }
+    ctl_out.send(&hello)?;
     let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, response)
         .await
         .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT, "the CLI's answer"))?
@@ -142,19 +302,17 @@ where
             ))
         }
     }
-    metrics.sessions_active.inc();
-    metrics.sessions_total.inc();
-    let _session_gauge = GaugeGuard(metrics.sessions_active.clone());
 
     let keepalive = config.keepalive.run(pings, Side::Cli);
     tokio::pin!(keepalive);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Message>();
-    let ctx = Arc::new(Ctx {
+    let link = Link {
         send_req,
-        metrics: metrics.clone(),
-        session: session.clone(),
         events: events_tx,
-    });
+        channel: shutdown.child_token(),
+    };
+    // Connections carried on this channel die with it, even on early return.
+    let _reset_on_exit = link.channel.clone().drop_guard();
 
     loop {
         tokio::select! {
@@ -163,10 +321,19 @@ where
                 return Ok(SessionEnd::Shutdown);
             }
             msg = ctl_in.next() => match msg? {
-                Some(Message::Bind { listeners }) => {
+                Some(Message::Bind { listeners, grace_ms }) => {
+                    let core = core.get_or_insert_with(|| {
+                        let grace = match sessions {
+                            Some(_) => Duration::from_millis(grace_ms).min(MAX_GRACE),
+                            None => Duration::ZERO,
+                        };
+                        let core = Core::new(grace, metrics, shutdown);
+                        core.attach(&link);
+                        core
+                    });
                     let reply = match bind_all(&listeners).await {
                         Ok(bound) => {
-                            let report = bound.iter().map(|(id, ls)| BoundListener {
+                            let report: Vec<BoundListener> = bound.iter().map(|(id, ls)| BoundListener {
                                 id: *id,
                                 addrs: ls.iter().filter_map(|(l, _)| l.local_addr().ok()).collect(),
                             }).collect();
@@ -174,12 +341,42 @@ where
                                 let spec = listeners.iter().find(|s| s.id == id).expect("bound from specs");
                                 let limit = Arc::new(Semaphore::new(spec.max_connections as usize));
                                 for (listener, _) in ls {
-                                    accept_tasks.spawn(accept_loop(listener, spec.clone(), limit.clone(), ctx.clone()));
+                                    core.accept_tasks.spawn(accept_loop(listener, spec.clone(), limit.clone(), core.clone()));
                                 }
                             }
-                            Message::Bound { listeners: report }
+                            core.bound.lock().expect("lock").extend(report.iter().cloned());
+                            Message::Bound { listeners: report, session: core.ticket() }
                         }
                         Err(failed) => failed,
+                    };
+                    ctl_out.send(&reply)?;
+                }
+                Some(Message::Resume { token }) => {
+                    let reply = match (sessions, core.is_some()) {
+                        (_, true) => Message::ResumeFailed {
+                            reason: "this channel already has a session".into(),
+                        },
+                        (None, _) => Message::ResumeFailed {
+                            reason: "this sidecar keeps no session beyond its channel".into(),
+                        },
+                        (Some(sessions), false) => match sessions.take(&token) {
+                            Some(found) => {
+                                found.attach(&link);
+                                info!("session resumed; its listeners never closed");
+                                let reply = Message::Resumed {
+                                    listeners: found.bound.lock().expect("lock").clone(),
+                                    session: found.ticket().expect("parked sessions have a ticket"),
+                                };
+                                *core = Some(found);
+                                reply
+                            }
+                            None => {
+                                info!("refused to resume a session: unknown or expired token");
+                                Message::ResumeFailed {
+                                    reason: "no session with this token: it expired, ended, or belongs to another sidecar".into(),
+                                }
+                            }
+                        },
                     };
                     ctl_out.send(&reply)?;
                 }
@@ -202,12 +399,95 @@ where
     }
 }
 
-/// State shared by a session's listeners and connections.
-struct Ctx {
-    send_req: SendRequest<Bytes>,
+/// A session: its listeners, the connections they accepted, and the channel
+/// it is attached to, if any. Lives as long as the session, which with a
+/// grace period is longer than one channel.
+struct Core {
+    /// Set only when the session may outlive its channel.
+    token: Option<String>,
+    grace: Duration,
     metrics: Metrics,
+    /// Everything the session opened; cancelled when it ends.
     session: CancellationToken,
+    accept_tasks: TaskTracker,
+    /// The channel connections are carried on; `None` between channels,
+    /// when accepted connections wait for the next one.
+    link: watch::Sender<Option<Link>>,
+    /// What `Bound` reported, repeated in `Resumed`.
+    bound: Mutex<Vec<BoundListener>>,
+    _gauge: GaugeGuard,
+}
+
+/// One channel, as the connections of a session see it.
+#[derive(Clone)]
+struct Link {
+    send_req: SendRequest<Bytes>,
     events: mpsc::UnboundedSender<Message>,
+    /// Cancelled when the channel ends: its connections are reset.
+    channel: CancellationToken,
+}
+
+impl Core {
+    fn new(grace: Duration, metrics: &Metrics, shutdown: &CancellationToken) -> Arc<Self> {
+        let token = if grace.is_zero() { None } else { new_token() };
+        metrics.sessions_active.inc();
+        metrics.sessions_total.inc();
+        Arc::new(Core {
+            token,
+            grace,
+            metrics: metrics.clone(),
+            session: shutdown.child_token(),
+            accept_tasks: TaskTracker::new(),
+            link: watch::Sender::new(None),
+            bound: Mutex::new(Vec::new()),
+            _gauge: GaugeGuard(metrics.sessions_active.clone()),
+        })
+    }
+
+    fn ticket(&self) -> Option<SessionTicket> {
+        self.token.as_ref().map(|token| SessionTicket {
+            token: token.clone(),
+            grace_ms: self.grace.as_millis().try_into().unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Connections (waiting ones first) now flow on `link`.
+    fn attach(&self, link: &Link) {
+        self.link.send_replace(Some(link.clone()));
+    }
+
+    /// The channel is gone: its connections are reset, new ones wait.
+    fn detach(&self) {
+        if let Some(link) = self.link.send_replace(None) {
+            link.channel.cancel();
+        }
+    }
+
+    /// Ends the session; returns once every listener is closed.
+    async fn close(&self) {
+        self.session.cancel();
+        self.accept_tasks.close();
+        self.accept_tasks.wait().await;
+    }
+
+    /// The channel to carry a connection on, waiting for one if there is
+    /// none; `None` once the session ends.
+    async fn next_link(&self) -> Option<Link> {
+        let mut rx = self.link.subscribe();
+        let found = tokio::select! {
+            _ = self.session.cancelled() => return None,
+            found = rx.wait_for(|l| l.as_ref().is_some_and(|l| !l.channel.is_cancelled())) => found,
+        };
+        found.ok().and_then(|l| l.clone())
+    }
+
+    /// Tells the CLI about an event, if a channel is attached; between
+    /// channels it is only counted, so nothing piles up.
+    fn event(&self, msg: Message) {
+        if let Some(link) = self.link.borrow().as_ref() {
+            let _ = link.events.send(msg);
+        }
+    }
 }
 
 /// Decrements a gauge when dropped, however the scope is left.
@@ -293,7 +573,7 @@ async fn accept_loop(
     listener: TcpListener,
     spec: ListenerSpec,
     limit: Arc<Semaphore>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<Core>,
 ) {
     let local = listener.local_addr().ok();
     ctx.metrics.listeners_active.inc();
@@ -316,6 +596,8 @@ async fn accept_loop(
             reject(&ctx, &spec, &tcp, peer, RejectReason::NotAllowed);
             continue;
         }
+        // Connections waiting for a channel hold a slot too: the limit
+        // bounds the queue as well as the connections in flight.
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             reject(&ctx, &spec, &tcp, peer, RejectReason::Limit);
             continue;
@@ -335,7 +617,13 @@ fn allowed(allow: &[IpNet], ip: IpAddr) -> bool {
     allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
 }
 
-fn reject(ctx: &Ctx, spec: &ListenerSpec, tcp: &TcpStream, peer: SocketAddr, reason: RejectReason) {
+fn reject(
+    ctx: &Core,
+    spec: &ListenerSpec,
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    reason: RejectReason,
+) {
     pump::abort(tcp);
     ctx.metrics.rejected(reason).inc();
     match reason {
@@ -348,42 +636,56 @@ fn reject(ctx: &Ctx, spec: &ListenerSpec, tcp: &TcpStream, peer: SocketAddr, rea
             spec.port
         ),
     }
-    let _ = ctx.events.send(Message::Rejected {
+    ctx.event(Message::Rejected {
         id: spec.id,
         peer,
         reason,
     });
 }
 
-/// Carries one pod connection to the CLI on a stream of its own.
-async fn carry(tcp: TcpStream, peer: SocketAddr, id: u32, ctx: &Ctx) {
+/// Carries one pod connection to the CLI on a stream of its own, on the
+/// session's current channel; between channels it waits for the next one.
+async fn carry(tcp: TcpStream, peer: SocketAddr, id: u32, ctx: &Core) {
     let _ = tcp.set_nodelay(true);
     let started = Instant::now();
     let m = &ctx.metrics;
     m.active_connections.inc();
     let _gauge = GaugeGuard(m.active_connections.clone());
-    let opened = async {
-        let mut sender = ctx.send_req.clone().ready().await?;
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(wire::CONNECT_URI)
-            .header(wire::LISTENER_HEADER, id)
-            .header(wire::PEER_HEADER, peer.to_string())
-            .body(())
-            .expect("valid request");
-        sender.send_request(request, false)
-    };
-    let (response, send) = tokio::select! {
-        _ = ctx.session.cancelled() => return pump::abort(&tcp),
-        opened = opened => match opened {
-            Ok(pair) => pair,
-            Err(e) => {
-                debug!("cannot open a stream for {peer}: {e}");
-                m.error(ErrorType::Stream).inc();
-                m.connections_failed.inc();
-                return pump::abort(&tcp);
-            }
-        },
+    let (link, (response, send)) = loop {
+        let Some(link) = ctx.next_link().await else {
+            return pump::abort(&tcp);
+        };
+        let sender = link.send_req.clone();
+        let opened = async move {
+            let mut sender = sender.ready().await?;
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri(wire::CONNECT_URI)
+                .header(wire::LISTENER_HEADER, id)
+                .header(wire::PEER_HEADER, peer.to_string())
+                .body(())
+                .expect("valid request");
+            sender.send_request(request, false)
+        };
+        let channel = link.channel.clone();
+        let failed = tokio::select! {
+            _ = channel.cancelled() => continue,
+            opened = opened => match opened {
+                Ok(pair) => break (link, pair),
+                Err(e) => e,
+            },
+        };
+        // No byte of this connection has left yet: if its channel is dying,
+        // the connection can wait for the next one instead of failing.
+        debug!("cannot open a stream for {peer}: {failed}");
+        if tokio::time::timeout(HANDSHAKE_TIMEOUT, link.channel.cancelled())
+            .await
+            .is_err()
+        {
+            m.error(ErrorType::Stream).inc();
+            m.connections_failed.inc();
+            return pump::abort(&tcp);
+        }
     };
     let answer = async {
         let response = response.await?;
@@ -402,7 +704,7 @@ async fn carry(tcp: TcpStream, peer: SocketAddr, id: u32, ctx: &Ctx) {
         socket_to_stream: &m.bytes_pod_to_local,
         stream_to_socket: &m.bytes_local_to_pod,
     };
-    match splice(tcp, send, answer, meters, &ctx.session).await {
+    match splice(tcp, send, answer, meters, &link.channel).await {
         Ok(t) => {
             m.connections_ok.inc();
             debug!(

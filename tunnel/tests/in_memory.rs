@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use rpf_proto::message::BindAddr;
 use rpf_proto::Side;
-use rpf_tunnel::cli_side::{handshake, CliConfig, Forward};
+use rpf_tunnel::cli_side::{handshake, CliConfig, Forward, Resume};
 use rpf_tunnel::error::SessionError;
 use rpf_tunnel::http2::Keepalive;
 use rpf_tunnel::metrics::Metrics;
-use rpf_tunnel::sidecar_side::{run_session, SidecarConfig};
+use rpf_tunnel::sidecar_side::{
+    run_resumable_session, run_session, SessionEnd, Sessions, SidecarConfig,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -214,4 +216,193 @@ async fn a_silent_channel_is_declared_dead_by_keepalive_on_both_ends() {
         TcpStream::connect(bound).await.is_err(),
         "the dead session's port is free"
     );
+}
+
+/// A channel made of two pipes and a relay between them: aborting the
+/// relay loses the channel on both ends at once, as a killed connector
+/// (port-forward, socat) does.
+fn cuttable_channel() -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<()>) {
+    let (cli, mut cli_inner) = tokio::io::duplex(1 << 20);
+    let (sidecar, mut sidecar_inner) = tokio::io::duplex(1 << 20);
+    let relay = tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional(&mut cli_inner, &mut sidecar_inner).await;
+    });
+    (cli, sidecar, relay)
+}
+
+fn resumable_sidecar(
+    io: DuplexStream,
+    sessions: &Sessions,
+) -> tokio::task::JoinHandle<Result<SessionEnd, SessionError>> {
+    let sessions = sessions.clone();
+    tokio::spawn(async move {
+        run_resumable_session(
+            io,
+            &SidecarConfig::default(),
+            &Metrics::new(Side::Sidecar),
+            CancellationToken::new(),
+            &sessions,
+        )
+        .await
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_channel_keeps_the_session_and_only_its_token_resumes_it() {
+    let local = echo_server().await;
+    let sessions = Sessions::default();
+    let mut config = CliConfig::new(vec![forward(local)]);
+    config.grace = Duration::from_secs(3600);
+    let metrics = Metrics::new(Side::Cli);
+
+    let (cli_io, sidecar_io, relay) = cuttable_channel();
+    let sidecar = resumable_sidecar(sidecar_io, &sessions);
+    let greeted = handshake(cli_io, &config, &metrics).await.unwrap();
+    assert!(greeted.sidecar.resume, "serve-mode sidecars offer resume");
+    let session = greeted.bind().await.unwrap();
+    let ticket = session
+        .ticket
+        .clone()
+        .expect("a grace period was asked for");
+    assert_eq!(
+        Duration::from_millis(ticket.grace_ms),
+        rpf_proto::MAX_GRACE,
+        "the sidecar caps the grace"
+    );
+    assert_eq!(ticket.token.len(), 64);
+    let first_bound = session.bound.clone();
+    let bound = first_bound[0].addrs[0];
+    let cli = tokio::spawn(session.serve(CancellationToken::new()));
+
+    relay.abort();
+    let end = tokio::time::timeout(Duration::from_secs(5), sidecar)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(end, Ok(SessionEnd::Detached { .. })), "{end:?}");
+    let cli_end = tokio::time::timeout(Duration::from_secs(5), cli)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cli_end.is_err_and(|e| e.is_retryable()));
+    assert_eq!(sessions.parked(), 1);
+
+    // In the gap the port is still bound; a connection waits.
+    let mut tcp = TcpStream::connect(bound).await.expect("still listening");
+    tcp.write_all(b"waited").await.unwrap();
+
+    let (cli_io, sidecar_io, _relay) = cuttable_channel();
+    let sidecar = resumable_sidecar(sidecar_io, &sessions);
+    let greeted = handshake(cli_io, &config, &metrics).await.unwrap();
+    let Resume::Refused(greeted, reason) = greeted.resume(&"0".repeat(64)).await.unwrap() else {
+        panic!("a wrong token must not resume the session");
+    };
+    assert!(reason.contains("no session with this token"), "{reason}");
+    assert_eq!(sessions.parked(), 1, "a wrong guess leaves the session be");
+    let Resume::Resumed(session) = greeted.resume(&ticket.token).await.unwrap() else {
+        panic!("the right token resumes it on the same channel");
+    };
+    assert_eq!(session.bound, first_bound, "nothing was bound anew");
+    assert_eq!(sessions.parked(), 0);
+    let stop = CancellationToken::new();
+    let cli = tokio::spawn(session.serve(stop.clone()));
+
+    let mut buf = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut buf))
+        .await
+        .expect("the waiting connection flows once the session is back")
+        .unwrap();
+    assert_eq!(&buf, b"waited");
+
+    stop.cancel();
+    cli.await.unwrap().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), sidecar)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(end, Ok(SessionEnd::Goodbye(_))), "{end:?}");
+    assert!(
+        TcpStream::connect(bound).await.is_err(),
+        "goodbye frees the port at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_ends_with_its_channel_offers_no_resume() {
+    let local = echo_server().await;
+    let (cli_io, sidecar_io, relay) = cuttable_channel();
+    let sidecar = tokio::spawn(async move {
+        run_session(
+            sidecar_io,
+            &SidecarConfig::default(),
+            &Metrics::new(Side::Sidecar),
+            CancellationToken::new(),
+        )
+        .await
+    });
+    let mut config = CliConfig::new(vec![forward(local)]);
+    config.grace = Duration::from_secs(30);
+    let greeted = handshake(cli_io, &config, &Metrics::new(Side::Cli))
+        .await
+        .unwrap();
+    assert!(!greeted.sidecar.resume);
+    let session = greeted.bind().await.unwrap();
+    assert!(session.ticket.is_none());
+    let bound = session.bound[0].addrs[0];
+    let _cli = tokio::spawn(session.serve(CancellationToken::new()));
+    relay.abort();
+    let end = tokio::time::timeout(Duration::from_secs(5), sidecar)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(end.is_err(), "{end:?}");
+    assert!(
+        TcpStream::connect(bound).await.is_err(),
+        "no grace: the port closes with the channel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grace_period_ends_the_session_and_frees_the_port() {
+    let local = echo_server().await;
+    let sessions = Sessions::default();
+    let mut config = CliConfig::new(vec![forward(local)]);
+    config.grace = Duration::from_millis(300);
+    let (cli_io, sidecar_io, relay) = cuttable_channel();
+    let sidecar = resumable_sidecar(sidecar_io, &sessions);
+    let session = handshake(cli_io, &config, &Metrics::new(Side::Cli))
+        .await
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let ticket = session.ticket.clone().unwrap();
+    let bound = session.bound[0].addrs[0];
+    let _cli = tokio::spawn(session.serve(CancellationToken::new()));
+    relay.abort();
+    let end = sidecar.await.unwrap();
+    assert!(matches!(end, Ok(SessionEnd::Detached { .. })), "{end:?}");
+    let mut freed = false;
+    for _ in 0..250 {
+        // (A reset is not it: probes made in the grace period wait, and
+        // past the connection limit they are refused with a reset.)
+        let probe = TcpStream::connect(bound).await;
+        if probe.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused) {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the port is free after the grace period");
+    assert_eq!(sessions.parked(), 0);
+
+    let (cli_io, sidecar_io, _relay) = cuttable_channel();
+    let _sidecar = resumable_sidecar(sidecar_io, &sessions);
+    let greeted = handshake(cli_io, &config, &Metrics::new(Side::Cli))
+        .await
+        .unwrap();
+    assert!(matches!(
+        greeted.resume(&ticket.token).await.unwrap(),
+        Resume::Refused(..)
+    ));
 }

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     decoder.extend(data);
     while let Ok(Some(message)) = decoder.next_message() {
         match message {
-            Message::Bind { listeners } => {
+            Message::Bind { listeners, .. } => {
                 for spec in &listeners {
                     let limit = Semaphore::new(spec.max_connections as usize);
                     let _ = limit.try_acquire();
