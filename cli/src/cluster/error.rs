@@ -245,21 +245,9 @@ pub fn classify(error: &kube::Error) -> ApiFailure {
 pub fn api_message(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        other => {
-            // kube's Display for transport errors is terse ("ServiceError:
-            // client error (Connect)"); the source chain says why.
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(s) = source {
-                let s_text = s.to_string();
-                if !text.contains(&s_text) {
-                    text.push_str(": ");
-                    text.push_str(&s_text);
-                }
-                source = s.source();
-            }
-            text
-        }
+        // kube's Display for transport errors is terse ("ServiceError:
+        // client error (Connect)"); the source chain says why.
+        other => rpf_process::error_chain(other),
     }
 }
 
