@@ -33,6 +33,8 @@ pub enum Command {
     Attach(AttachArgs),
     /// Add the rpf sidecar to opted-in pods and workloads in YAML manifests.
     Inject(InjectArgs),
+    /// Print the versions of rpf and of what runs in the cluster.
+    Version(crate::version::VersionArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell).
     Completion(crate::completion::CompletionArgs),
     /// List TARGETs for the completion scripts (one a line).

@@ -17,6 +17,7 @@ mod cluster;
 mod completion;
 mod inject;
 mod spec;
+mod version;
 mod via;
 
 use std::process::ExitCode;
@@ -44,6 +45,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Attach(args) => attach::run(args, shutdown).await,
             Command::Inject(args) => inject::run(args),
+            Command::Version(args) => version::run(&args).await,
             Command::Completion(args) => completion::run(&args),
             Command::CompleteTargets(args) => completion::run_targets(&args).await,
         }

@@ -305,6 +305,32 @@ fn cluster_mission() {
     );
     log("webhook ready, caBundle set");
 
+    // `rpf version` names the installed webhook and the image it injects.
+    let out = Command::new(&rpf)
+        .arg("version")
+        .env(
+            "KUBECONFIG",
+            kubectl.kubeconfig.as_ref().expect("a cluster"),
+        )
+        .output()
+        .expect("run rpf version");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "rpf version: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Server: Kubernetes v1."), "{stdout}");
+    assert!(
+        stdout.contains(&format!("Webhook: {webhook} in rpf-system"))
+            && stdout.contains(&format!("injects {sidecar}")),
+        "{stdout}"
+    );
+    log(format!(
+        "rpf version: {}",
+        stdout.trim().replace('\n', " | ")
+    ));
+
     let suffix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
