@@ -30,6 +30,9 @@ attaches to it and shows the pod reaching this machine; uninstalls on exit.
   --load-image CMD     how to load an image archive into the nodes: CMD is run
                        as `CMD ARCHIVE` (also RPF_DEMO_LOAD_IMAGE); default:
                        kind, minikube or k3d, detected from the context
+  --render CMD         how to render the manifests, run as `CMD DIR` (also
+                       RPF_DEMO_RENDER); default: `kustomize build`, or
+                       `kubectl kustomize` with kubectl 1.27+
   --client-image IMG   image of the demo client, which must already be on the
                        nodes or be pullable (default: busybox:1.36; also
                        RPF_DEMO_CLIENT_IMAGE)
@@ -49,6 +52,7 @@ die() {
 
 cluster=false keep=false keep_running=false
 load_image=${RPF_DEMO_LOAD_IMAGE:-}
+render=${RPF_DEMO_RENDER:-}
 client_image=${RPF_DEMO_CLIENT_IMAGE:-busybox:1.36}
 while [ $# -gt 0 ]; do
   case $1 in
@@ -57,6 +61,7 @@ while [ $# -gt 0 ]; do
   --keep-running) keep_running=true ;;
   --load-image) load_image=${2:?--load-image needs a command} && shift ;;
   --client-image) client_image=${2:?--client-image needs an image} && shift ;;
+  --render) render=${2:?--render needs a command} && shift ;;
   -h | --help) usage && exit 0 ;;
   *) usage >&2 && die "unknown argument: $1" ;;
   esac
@@ -174,7 +179,31 @@ namespace_demo() {
 # The webhook's manifests for a server of minor version $1 (Kubernetes 1.$1):
 # the default install, or the overlay for clusters too old for it.
 overlay_for_minor() {
-  if [ "$1" -ge 21 ]; then echo manifests; else echo manifests/overlays/kubernetes-1.20; fi
+  if [ "$1" -ge 28 ]; then
+    echo manifests
+  elif [ "$1" -ge 21 ]; then
+    echo manifests/overlays/kubernetes-1.21
+  else
+    echo manifests/overlays/kubernetes-1.20
+  fi
+}
+
+# The command that renders the manifests: Kustomize v5 (kubectl 1.27+
+# embeds it; an older kubectl, like 1.20's, embeds a Kustomize too old for
+# current fields). RPF_DEMO_RENDER or --render wins; else `kustomize build`
+# when installed; else `kubectl kustomize` when kubectl is new enough. The
+# rendered YAML is then applied with whatever kubectl talks to the cluster.
+pick_renderer() {
+  [ -n "$render" ] && return
+  if command -v kustomize >/dev/null 2>&1; then
+    render="kustomize build"
+    return
+  fi
+  local client_minor
+  client_minor=$(kubectl version --client -o json | python3 -c 'import json,sys,re; print(re.match(r"\d+", json.load(sys.stdin)["clientVersion"]["minor"]).group())')
+  [ "$client_minor" -ge 27 ] ||
+    die "kubectl 1.$client_minor embeds a Kustomize too old for rpf's manifests: install kustomize v5, or pass --render 'PATH/TO/NEWER/kubectl kustomize'"
+  render="kubectl kustomize"
 }
 
 # Loads image archive $1 into the cluster's nodes.
@@ -208,9 +237,12 @@ cluster_demo() {
   load_image_archive "$dir/images/rpf-sidecar.tar"
   load_image_archive "$dir/images/rpf-webhook.tar"
 
-  say "Installing the webhook for Kubernetes 1.$minor: kubectl apply -k $overlay"
-  $keep || on_exit kubectl delete -k "$overlay" --ignore-not-found --wait=false
-  run kubectl apply -k "$overlay"
+  pick_renderer
+  say "Installing the webhook for Kubernetes 1.$minor: $render $overlay | kubectl apply -f -"
+  printf '$ %s\n' "$render $overlay > $dir/install.yaml"
+  $render "$overlay" >"$dir/install.yaml"
+  $keep || on_exit kubectl delete -f "$dir/install.yaml" --ignore-not-found --wait=false
+  run kubectl apply -f "$dir/install.yaml"
   run kubectl -n rpf-system rollout status deploy/rpf-webhook --timeout=120s
 
   say "The demo workload: a pod that calls its localhost:8080 every 2 s (client image $client_image)"
@@ -244,7 +276,7 @@ cluster_demo() {
     wait "$attach"
   fi
   if $keep; then
-    say "Left installed (--keep): remove with kubectl delete namespace $ns; kubectl delete -k $overlay"
+    say "Left installed (--keep): remove with kubectl delete namespace $ns; $render $overlay | kubectl delete -f -"
   else
     say "Done: the pod reached your machine. Uninstalling."
   fi

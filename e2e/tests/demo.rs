@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Environment of the cluster test (see `rpf_e2e::cluster`):
-//! `RPF_E2E_KUBECONFIG` (required), `RPF_E2E_KUBECTL`, `RPF_E2E_LOAD_IMAGE`
+//! `RPF_E2E_KUBECONFIG` (required), `RPF_E2E_KUBECTL`,
+//! `RPF_E2E_KUBECTL_RENDER` (a kubectl 1.27+ that renders the manifests when
+//! `RPF_E2E_KUBECTL` is older), `RPF_E2E_LOAD_IMAGE`
 //! (default `ctr -n k8s.io images import`), `RPF_E2E_CLIENT_IMAGE`
 //! (default `busybox:1.36`).
 //!
@@ -270,6 +272,12 @@ fn demo_cluster_runs_end_to_end_and_uninstalls() {
         (
             "RPF_DEMO_CLIENT_IMAGE",
             env_or("RPF_E2E_CLIENT_IMAGE", "busybox:1.36"),
+        ),
+        (
+            "RPF_DEMO_RENDER",
+            std::env::var("RPF_E2E_KUBECTL_RENDER")
+                .map(|k| format!("{k} kustomize"))
+                .unwrap_or_default(),
         ),
     ];
     let mut demo = Demo::start(&["--cluster"], &envs);
