@@ -436,9 +436,18 @@ impl Established {
                 }
                 msg = self.ctl_in.next() => match msg? {
                     Some(Message::Rejected { id, peer, reason }) => {
-                        let port = self.state.forwards.get(&id).map(|(f, _)| f.remote_port).unwrap_or(0);
+                        let forward = self.state.forwards.get(&id).map(|(f, _)| f);
+                        let port = forward.map(|f| f.remote_port).unwrap_or(0);
                         self.state.metrics.rejected(reason).inc();
+                        let udp = forward.is_some_and(|f| f.protocol == Protocol::Udp);
                         match reason {
+                            RejectReason::Limit if udp => crate::warn_limited!(
+                                "dropped datagrams from {peer} to UDP port {port} in the pod: limit of {} concurrent flows reached (raise it with --max-connections)",
+                                forward.map(|f| f.max_connections).unwrap_or(0)
+                            ),
+                            RejectReason::NotAllowed if udp => crate::warn_limited!(
+                                "dropped datagrams from {peer} to UDP port {port} in the pod: peer not in --allow"
+                            ),
                             RejectReason::Limit => crate::warn_limited!(
                                 "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
                                 self.state.forwards.get(&id).map(|(f, _)| f.max_connections).unwrap_or(0)

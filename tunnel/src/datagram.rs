@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -335,8 +336,29 @@ pub(crate) async fn read_target(
     meters: &UdpMeters,
 ) -> FlowError {
     loop {
-        if let Err(e) = socket.readable().await {
-            return FlowError::Socket(e);
+        // ERROR too: an ICMP port unreachable marks the socket with an
+        // error (SO_ERROR) but not as readable.
+        let ready = match socket.ready(Interest::READABLE | Interest::ERROR).await {
+            Ok(ready) => ready,
+            Err(e) => return FlowError::Socket(e),
+        };
+        if ready.is_error() {
+            // Clears the error readiness when there is no error to take,
+            // so a spurious one cannot spin this loop.
+            let pending = socket.try_io(Interest::ERROR, || match socket.take_error()? {
+                Some(e) => Ok(e),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            });
+            match pending {
+                Ok(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return FlowError::Refused
+                }
+                Ok(e) => return FlowError::Socket(e),
+                Err(_) => {}
+            }
+            if !ready.is_readable() {
+                continue;
+            }
         }
         let mut buf = BytesMut::with_capacity(RECV_BUF);
         loop {
