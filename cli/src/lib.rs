@@ -19,7 +19,7 @@ mod spec;
 mod via;
 
 pub use cluster::Target;
-pub use spec::PortSpec;
+pub use spec::{PortSpec, Protocol};
 
 use std::process::ExitCode;
 

@@ -133,7 +133,10 @@ pub async fn sequential(
                 break;
             }
             Err(_) => {
-                report.error = Some(format!("#{seq} ({} bytes): no reply within {wait:?}", d.len()));
+                report.error = Some(format!(
+                    "#{seq} ({} bytes): no reply within {wait:?}",
+                    d.len()
+                ));
                 break;
             }
         }

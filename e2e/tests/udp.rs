@@ -68,7 +68,13 @@ impl Dnsmasq {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = Command::new("dig")
-                .args(["@127.0.0.1", "-p", &port.to_string(), "example.test", "+short"])
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "example.test",
+                    "+short",
+                ])
                 .args(["+time=1", "+tries=1"])
                 .output()
                 .expect("the UDP tests need dig (Debian package dnsutils)");
@@ -164,7 +170,8 @@ fn a_thousand_datagrams_up_to_the_largest_come_back_intact_and_in_order() {
         let sample =
             format!("rpf_portforward_reverse_udp_datagrams_total{{direction=\"{direction}\"}}");
         assert_eq!(metric(&text, &sample), 1020.0, "{text}");
-        let sample = format!("rpf_portforward_reverse_udp_bytes_total{{direction=\"{direction}\"}}");
+        let sample =
+            format!("rpf_portforward_reverse_udp_bytes_total{{direction=\"{direction}\"}}");
         let want = (report.bytes + report6.bytes) as f64;
         assert_eq!(metric(&text, &sample), want, "{text}");
     }
@@ -224,7 +231,10 @@ fn an_idle_flow_ends_and_the_next_datagram_opens_a_new_one() {
     );
     let echoed = pod.testpeer(&["udp-once", "--connect", "127.0.0.1:7000"]);
     assert_eq!(echoed.trim(), "{\"echoed\":true}", "{}", attach.stderr());
-    let opened = attach.stderr().matches("Handling UDP flow for 7000").count();
+    let opened = attach
+        .stderr()
+        .matches("Handling UDP flow for 7000")
+        .count();
     assert_eq!(opened, 2, "{}", attach.stderr());
 }
 
@@ -244,7 +254,13 @@ fn beyond_the_flow_limit_a_new_peer_is_not_served_and_counted() {
         &format!("7000:{port}/udp"),
     ]);
     attach.wait_forwarding(1);
-    let out = pod.testpeer(&["udp-probe-limit", "--connect", "127.0.0.1:7000", "--hold", "2"]);
+    let out = pod.testpeer(&[
+        "udp-probe-limit",
+        "--connect",
+        "127.0.0.1:7000",
+        "--hold",
+        "2",
+    ]);
     let report: FlowLimitReport = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         report,
@@ -276,7 +292,13 @@ fn a_missing_local_target_is_counted_not_fatal() {
         &format!("7000:{port}/udp"),
     ]);
     attach.wait_forwarding(1);
-    let echoed = pod.testpeer(&["udp-once", "--connect", "127.0.0.1:7000", "--wait-secs", "1"]);
+    let echoed = pod.testpeer(&[
+        "udp-once",
+        "--connect",
+        "127.0.0.1:7000",
+        "--wait-secs",
+        "1",
+    ]);
     assert_eq!(echoed.trim(), "{\"echoed\":false}");
     wait_metric(
         metrics_port,
@@ -356,8 +378,11 @@ async fn an_oversized_length_prefix_resets_only_its_flow() {
             .unwrap()
     };
     let mut client = pod.client.clone().ready().await.unwrap();
-    let (response, mut send) = client.send_request(request("127.0.0.1:40000"), false).unwrap();
-    send.send_data(Bytes::from_static(&[0xff, 0xe4]), false).unwrap();
+    let (response, mut send) = client
+        .send_request(request("127.0.0.1:40000"), false)
+        .unwrap();
+    send.send_data(Bytes::from_static(&[0xff, 0xe4]), false)
+        .unwrap();
     let answered = async {
         // The reset may overtake the answer's headers.
         match response.await {
@@ -374,8 +399,11 @@ async fn an_oversized_length_prefix_resets_only_its_flow() {
     assert_eq!(reason, Some(h2::Reason::PROTOCOL_ERROR));
     // A well-framed flow on the same channel still works.
     let mut client = client.ready().await.unwrap();
-    let (response, mut send) = client.send_request(request("127.0.0.1:40001"), false).unwrap();
-    send.send_data(Bytes::from_static(b"\x00\x05hello"), false).unwrap();
+    let (response, mut send) = client
+        .send_request(request("127.0.0.1:40001"), false)
+        .unwrap();
+    send.send_data(Bytes::from_static(b"\x00\x05hello"), false)
+        .unwrap();
     let mut body = response.await.unwrap().into_body();
     let echo = tokio::time::timeout(Duration::from_secs(10), body.data())
         .await

@@ -369,35 +369,38 @@ mod tests {
                 Some("web-7f9".into()),
             ),
             Message::Bind {
-                listeners: vec![ListenerSpec {
-                    id: 1,
-                    port: 8080,
-                    addrs: vec![
-                        BindAddr {
+                listeners: vec![
+                    ListenerSpec {
+                        id: 1,
+                        port: 8080,
+                        addrs: vec![
+                            BindAddr {
+                                ip: "127.0.0.1".parse().unwrap(),
+                                required: true,
+                            },
+                            BindAddr {
+                                ip: "::1".parse().unwrap(),
+                                required: false,
+                            },
+                        ],
+                        max_connections: 10,
+                        allow: vec!["10.0.0.0/8".parse().unwrap()],
+                        protocol: Protocol::Tcp,
+                        idle_timeout_ms: 0,
+                    },
+                    ListenerSpec {
+                        id: 2,
+                        port: 5353,
+                        addrs: vec![BindAddr {
                             ip: "127.0.0.1".parse().unwrap(),
                             required: true,
-                        },
-                        BindAddr {
-                            ip: "::1".parse().unwrap(),
-                            required: false,
-                        },
-                    ],
-                    max_connections: 10,
-                    allow: vec!["10.0.0.0/8".parse().unwrap()],
-                    protocol: Protocol::Tcp,
-                    idle_timeout_ms: 0,
-                }, ListenerSpec {
-                    id: 2,
-                    port: 5353,
-                    addrs: vec![BindAddr {
-                        ip: "127.0.0.1".parse().unwrap(),
-                        required: true,
-                    }],
-                    max_connections: 10,
-                    allow: vec![],
-                    protocol: Protocol::Udp,
-                    idle_timeout_ms: 5_000,
-                }],
+                        }],
+                        max_connections: 10,
+                        allow: vec![],
+                        protocol: Protocol::Udp,
+                        idle_timeout_ms: 5_000,
+                    },
+                ],
                 grace_ms: 30_000,
             },
             Message::Bound {
@@ -500,12 +503,20 @@ mod tests {
             idle_timeout_ms: 0,
         };
         let json = serde_json::to_string(&spec).unwrap();
-        assert!(!json.contains("protocol") && !json.contains("idle"), "{json}");
-        let old: ListenerSpec = serde_json::from_str(
-            "{\"id\":1,\"port\":80,\"addrs\":[],\"max_connections\":1}",
-        )
-        .unwrap();
-        assert_eq!(old, ListenerSpec { allow: vec![], ..spec });
+        assert!(
+            !json.contains("protocol") && !json.contains("idle"),
+            "{json}"
+        );
+        let old: ListenerSpec =
+            serde_json::from_str("{\"id\":1,\"port\":80,\"addrs\":[],\"max_connections\":1}")
+                .unwrap();
+        assert_eq!(
+            old,
+            ListenerSpec {
+                allow: vec![],
+                ..spec
+            }
+        );
         let udp = ListenerSpec {
             protocol: Protocol::Udp,
             ..old

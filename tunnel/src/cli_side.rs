@@ -26,13 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::control::{ControlReader, ControlWriter};
+use crate::datagram::{self, Flow, FlowEnd, FlowError};
 use crate::error::SessionError;
 use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
+use crate::metrics::FlowOutcome;
 use crate::metrics::{ErrorType, Metrics};
 use crate::net::{canonical_ip, describe_io_error, dial};
 use crate::pump::{splice, Meters, PumpError};
-use crate::datagram::{self, Flow, FlowEnd, FlowError};
-use crate::metrics::FlowOutcome;
 use rpf_proto::message::{
     BindAddr, BoundListener, ListenerSpec, Message, PodRef, Protocol, RejectReason, SessionTicket,
 };
@@ -248,6 +248,8 @@ where
 }
 
 /// What came of asking the sidecar to resume a session.
+// Both variants are a whole session's state; one value per reconnect.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Resume {
     /// The session is back, with the listeners it never closed.
@@ -653,10 +655,7 @@ async fn carry_udp_flow(
         Ok(socket) => socket,
         Err(e) => {
             let why = describe_io_error(&e);
-            crate::warn_limited!(
-                "cannot reach local UDP port {}: {why}",
-                forward.local_port
-            );
+            crate::warn_limited!("cannot reach local UDP port {}: {why}", forward.local_port);
             m.error(ErrorType::Dial).inc();
             m.udp.ended(FlowOutcome::Error);
             return refuse(&mut respond, StatusCode::BAD_GATEWAY, &why);
@@ -698,7 +697,9 @@ async fn carry_udp_flow(
         }
         Err(e @ FlowError::Protocol(_)) => {
             m.error(ErrorType::Protocol).inc();
-            crate::warn_limited!("UDP flow from {peer} on port {port} reset: the sidecar sent a {e}");
+            crate::warn_limited!(
+                "UDP flow from {peer} on port {port} reset: the sidecar sent a {e}"
+            );
             FlowOutcome::Error
         }
         Err(e) => {
@@ -723,7 +724,10 @@ async fn connect_udp(host: &str, port: u16) -> std::io::Result<tokio::net::UdpSo
             .await?
             .next()
             .ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} has no address"))
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{host} has no address"),
+                )
             })?
     };
     let any: SocketAddr = match target {

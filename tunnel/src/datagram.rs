@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, UdpMeters};
 use crate::pump::{send_all, PumpError};
-pub use rpf_proto::MAX_DATAGRAM;
 use rpf_proto::tuning::{UDP_QUEUE_BYTES, UDP_QUEUE_DATAGRAMS};
+pub use rpf_proto::MAX_DATAGRAM;
 
 /// Size of the buffer a datagram is received into: one more than the
 /// largest UDP payload any family carries, so a datagram is never cut.
@@ -350,9 +350,7 @@ pub(crate) async fn read_target(
                 None => Err(io::ErrorKind::WouldBlock.into()),
             });
             match pending {
-                Ok(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    return FlowError::Refused
-                }
+                Ok(e) if e.kind() == io::ErrorKind::ConnectionRefused => return FlowError::Refused,
                 Ok(e) => return FlowError::Socket(e),
                 Err(_) => {}
             }

@@ -31,21 +31,21 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::control::{ControlReader, ControlWriter};
+use crate::datagram::{self, Flow, FlowEnd, FlowError, PushError, QueueRx, QueueTx, Sink};
 use crate::error::SessionError;
 use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
+use crate::metrics::{DropReason, FlowOutcome};
 use crate::metrics::{ErrorType, Metrics};
 use crate::pump::{self, splice, Meters, PumpError};
-use crate::datagram::{self, Flow, FlowEnd, FlowError, PushError, QueueRx, QueueTx, Sink};
-use crate::metrics::{DropReason, FlowOutcome};
 use rpf_proto::message::{
     BindErrorKind, BoundListener, ListenerSpec, Message, PodRef, Protocol, RejectReason,
     SessionTicket,
 };
-use rpf_proto::{version_mismatch, Side};
 use rpf_proto::{
     features, wire, DEFAULT_UDP_IDLE_TIMEOUT, MAX_DATAGRAM, MAX_GRACE, MAX_UDP_IDLE_TIMEOUT,
     PROTOCOL_VERSION,
 };
+use rpf_proto::{version_mismatch, Side};
 
 /// What the sidecar knows about itself, told to the CLI in its hello.
 #[derive(Debug, Clone, Default)]
@@ -840,11 +840,16 @@ async fn udp_loop(socket: UdpSocket, spec: ListenerSpec, limit: Arc<Semaphore>, 
                     "dropped a datagram from {peer} to UDP port {}: {}",
                     spec.port,
                     match reason {
-                        RejectReason::Limit => format!("limit of {} concurrent flows reached", spec.max_connections),
+                        RejectReason::Limit =>
+                            format!("limit of {} concurrent flows reached", spec.max_connections),
                         RejectReason::NotAllowed => "peer not in the allow list".into(),
                     }
                 );
-                ctx.event(Message::Rejected { id: spec.id, peer, reason });
+                ctx.event(Message::Rejected {
+                    id: spec.id,
+                    peer,
+                    reason,
+                });
             }
             continue;
         };
@@ -877,7 +882,10 @@ struct EventBudget {
 impl EventBudget {
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        if self.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
             self.window = Some(now);
             self.used = 0;
         }
