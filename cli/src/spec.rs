@@ -54,7 +54,7 @@ pub enum SpecError {
         protocol: String,
     },
     /// Two specs bind the same port and protocol in the pod.
-    #[error("remote port {0}/{1} is given twice: each port in the pod can be forwarded only once per protocol")]
+    #[error("remote port {0}{suffix} is given twice: each port in the pod can be forwarded only once per protocol", suffix = udp_suffix(*.1))]
     Duplicate(u16, Protocol),
 }
 
@@ -133,11 +133,21 @@ impl PortSpec {
 
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.remote_port, self.local_display())?;
-        match self.protocol {
-            Protocol::Tcp => Ok(()),
-            Protocol::Udp => f.write_str("/udp"),
-        }
+        write!(
+            f,
+            "{}:{}{}",
+            self.remote_port,
+            self.local_display(),
+            udp_suffix(self.protocol)
+        )
+    }
+}
+
+/// `/udp` for UDP, nothing for TCP (the default), as the user writes specs.
+fn udp_suffix(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "",
+        Protocol::Udp => "/udp",
     }
 }
 
@@ -221,6 +231,7 @@ mod tests {
         assert!(err.to_string().contains("53/udp is given twice"), "{err}");
         let err = PortSpec::parse_all(&["53/tcp", "53"]).unwrap_err();
         assert_eq!(err, SpecError::Duplicate(53, Protocol::Tcp));
+        assert!(err.to_string().contains("port 53 is given twice"), "{err}");
     }
 
     #[test]
