@@ -47,9 +47,11 @@ pub enum Command {
 #[command(
     override_usage = "rpf attach [OPTIONS] TARGET SPEC...\n       rpf attach [OPTIONS] --via COMMAND SPEC...",
     after_help = "TARGET: NAME, pod/NAME, deploy/NAME, rs/NAME, sts/NAME, job/NAME or svc/NAME.\n\
-SPEC: REMOTE:LOCAL, REMOTE:HOST:LOCAL or REMOTE. REMOTE is the port bound in the pod,\n\
-HOST:LOCAL what rpf dials on this machine (HOST defaults to localhost).\n\n\
+SPEC: REMOTE:LOCAL, REMOTE:HOST:LOCAL or REMOTE, then /udp for UDP (/tcp is the default).\n\
+REMOTE is the port bound in the pod, HOST:LOCAL what rpf dials on this machine\n\
+(HOST defaults to localhost).\n\n\
 Examples:\n  rpf attach pod/web 8080:80\n  rpf attach deploy/api 5432 6379:redis.local:6379\n  \
+rpf attach pod/web 5353:53/udp\n  \
 rpf attach --via 'ip netns exec pod1 rpf-sidecar stdio' 8080:80"
 )]
 pub struct AttachArgs {
@@ -78,7 +80,8 @@ pub struct AttachArgs {
     /// Address to bind in the pod, repeatable (default: 127.0.0.1 and ::1).
     #[arg(long = "address", value_name = "ADDR")]
     pub addresses: Vec<IpAddr>,
-    /// Concurrent connections allowed per forwarded port.
+    /// Concurrent connections allowed per forwarded port (for a /udp port:
+    /// concurrent flows, one per pod-side peer address).
     #[arg(long, value_name = "N", default_value_t = rpf_proto::DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_connections: u32,
@@ -99,6 +102,11 @@ pub struct AttachArgs {
     /// `--via` command that starts `rpf-sidecar stdio`.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_grace)]
     pub grace: std::time::Duration,
+    /// How long a UDP flow (one pod-side peer address) lives without a
+    /// datagram either way, e.g. 60s, 5m, 30; its next datagram opens a new
+    /// flow. The sidecar caps it at 1h.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_idle)]
+    pub udp_idle_timeout: std::time::Duration,
     /// How long the first attach waits for the pod to be running with its
     /// sidecar ready (as kubectl port-forward does), e.g. 30s, 2m.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
@@ -113,6 +121,14 @@ fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
     match s.trim().parse::<u64>() {
         Ok(secs) => Ok(std::time::Duration::from_secs(secs)),
         Err(_) => humantime::parse_duration(s).map_err(|e| e.to_string()),
+    }
+}
+
+/// A positive duration, as [`parse_grace`] reads it.
+fn parse_idle(s: &str) -> Result<std::time::Duration, String> {
+    match parse_grace(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
     }
 }
 
@@ -171,5 +187,13 @@ mod tests {
             panic!("attach")
         };
         assert_eq!(args.grace, rpf_proto::DEFAULT_GRACE);
+        assert_eq!(args.udp_idle_timeout, rpf_proto::DEFAULT_UDP_IDLE_TIMEOUT);
+    }
+
+    #[test]
+    fn udp_idle_timeout_must_be_positive() {
+        assert_eq!(parse_idle("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_idle("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_idle("0").is_err());
     }
 }

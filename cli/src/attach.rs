@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::args::AttachArgs;
 use crate::channel::{Channel, OpenError, Place};
-use crate::spec::PortSpec;
+use crate::spec::{PortSpec, Protocol};
 use crate::via::ViaSource;
 
 /// Where channels come from.
@@ -116,6 +116,8 @@ fn forwards(specs: &[PortSpec], args: &AttachArgs) -> Vec<Forward> {
             allow: args.allow.clone(),
             local_host: s.local_host.clone(),
             local_port: s.local_port,
+            protocol: s.protocol,
+            idle_timeout: args.udp_idle_timeout,
         })
         .collect()
 }
@@ -362,9 +364,13 @@ fn print_forwarding(bound: &[BoundListener], specs: &[PortSpec], config: &CliCon
             continue;
         };
         let spec = &specs[(forward.id - 1) as usize];
+        let suffix = match spec.protocol {
+            Protocol::Tcp => "",
+            Protocol::Udp => "/udp",
+        };
         for addr in &listener.addrs {
             println!(
-                "Forwarding from {addr} in {place} -> {}",
+                "Forwarding from {addr}{suffix} in {place} -> {}{suffix}",
                 spec.local_display()
             );
         }

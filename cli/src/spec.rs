@@ -1,11 +1,15 @@
-//! Reverse port specs: `REMOTE:LOCAL`, `REMOTE:HOST:LOCAL` or `REMOTE`.
+//! Reverse port specs: `REMOTE:LOCAL`, `REMOTE:HOST:LOCAL` or `REMOTE`,
+//! each with an optional `/udp` (or `/tcp`, the default) suffix.
 //!
-//! The shape is `ssh -R`'s and KEP-5695's: REMOTE is the port bound inside
-//! the pod, HOST:LOCAL what the CLI dials on the user's side. The CLI dials
-//! only what these specs say; the pod never chooses a destination.
+//! The shape is `ssh -R`'s and KEP-5695's, the suffix Docker's: REMOTE is
+//! the port bound inside the pod, HOST:LOCAL what the CLI dials on the
+//! user's side. The CLI dials only what these specs say; the pod never
+//! chooses a destination.
 
 use std::collections::HashSet;
 use std::fmt;
+
+pub use rpf_proto::message::Protocol;
 
 /// One parsed port spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,13 +20,15 @@ pub struct PortSpec {
     pub local_host: String,
     /// Port dialed on the user's side.
     pub local_port: u16,
+    /// TCP unless the spec ends in `/udp`.
+    pub protocol: Protocol,
 }
 
 /// Why a spec was rejected; the text is what the user reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// The spec has the wrong number of `:` parts, or an empty part.
-    #[error("invalid port spec {spec:?}: {why} (expected REMOTE, REMOTE:LOCAL or REMOTE:HOST:LOCAL, e.g. 8080:80)")]
+    #[error("invalid port spec {spec:?}: {why} (expected REMOTE, REMOTE:LOCAL or REMOTE:HOST:LOCAL, optionally with /udp, e.g. 8080:80 or 5353:53/udp)")]
     Shape {
         /// The spec as typed.
         spec: String,
@@ -39,9 +45,17 @@ pub enum SpecError {
         /// The offending text.
         value: String,
     },
-    /// Two specs bind the same port in the pod.
-    #[error("remote port {0} is given twice: each port in the pod can be forwarded only once")]
-    Duplicate(u16),
+    /// The suffix after `/` is not a protocol rpf carries.
+    #[error("invalid port spec {spec:?}: unknown protocol {protocol:?} (write /tcp, the default, or /udp)")]
+    Protocol {
+        /// The spec as typed.
+        spec: String,
+        /// The offending suffix.
+        protocol: String,
+    },
+    /// Two specs bind the same port and protocol in the pod.
+    #[error("remote port {0}{suffix} is given twice: each port in the pod can be forwarded only once per protocol", suffix = udp_suffix(*.1))]
+    Duplicate(u16, Protocol),
 }
 
 impl PortSpec {
@@ -51,10 +65,21 @@ impl PortSpec {
             spec: spec.to_string(),
             why,
         };
-        if spec.is_empty() {
+        let (ports, protocol) = match spec.rsplit_once('/') {
+            None => (spec, Protocol::Tcp),
+            Some((ports, "tcp")) => (ports, Protocol::Tcp),
+            Some((ports, "udp")) => (ports, Protocol::Udp),
+            Some((_, other)) => {
+                return Err(SpecError::Protocol {
+                    spec: spec.to_string(),
+                    protocol: other.chars().take(32).collect(),
+                })
+            }
+        };
+        if ports.is_empty() {
             return Err(shape("it is empty"));
         }
-        let (remote, host, local) = match split_spec(spec) {
+        let (remote, host, local) = match split_spec(ports) {
             Some(parts) => parts,
             None => {
                 return Err(shape(
@@ -77,17 +102,19 @@ impl PortSpec {
             remote_port,
             local_host,
             local_port,
+            protocol,
         })
     }
 
-    /// Parses every spec and rejects a remote port given twice.
+    /// Parses every spec and rejects a remote port given twice for the same
+    /// protocol (TCP and UDP on one port are two listeners).
     pub fn parse_all<S: AsRef<str>>(specs: &[S]) -> Result<Vec<Self>, SpecError> {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(specs.len());
         for s in specs {
             let spec = Self::parse(s.as_ref())?;
-            if !seen.insert(spec.remote_port) {
-                return Err(SpecError::Duplicate(spec.remote_port));
+            if !seen.insert((spec.remote_port, spec.protocol)) {
+                return Err(SpecError::Duplicate(spec.remote_port, spec.protocol));
             }
             out.push(spec);
         }
@@ -106,7 +133,21 @@ impl PortSpec {
 
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.remote_port, self.local_display())
+        write!(
+            f,
+            "{}:{}{}",
+            self.remote_port,
+            self.local_display(),
+            udp_suffix(self.protocol)
+        )
+    }
+}
+
+/// `/udp` for UDP, nothing for TCP (the default), as the user writes specs.
+fn udp_suffix(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "",
+        Protocol::Udp => "/udp",
     }
 }
 
@@ -144,7 +185,53 @@ mod tests {
 
     fn ok(s: &str) -> (u16, String, u16) {
         let p = PortSpec::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(p.protocol, Protocol::Tcp, "{s}");
         (p.remote_port, p.local_host, p.local_port)
+    }
+
+    fn udp(s: &str) -> (u16, String, u16) {
+        let p = PortSpec::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(p.protocol, Protocol::Udp, "{s}");
+        (p.remote_port, p.local_host, p.local_port)
+    }
+
+    #[test]
+    fn a_udp_suffix_on_each_shape() {
+        assert_eq!(udp("5353/udp"), (5353, "localhost".into(), 5353));
+        assert_eq!(udp("5353:53/udp"), (5353, "localhost".into(), 53));
+        assert_eq!(udp("5353:10.0.0.2:53/udp"), (5353, "10.0.0.2".into(), 53));
+        assert_eq!(udp("5353:[::1]:53/udp"), (5353, "::1".into(), 53));
+        assert_eq!(ok("8080:80/tcp"), (8080, "localhost".into(), 80));
+        assert_eq!(ok("8080/tcp"), (8080, "localhost".into(), 8080));
+    }
+
+    #[test]
+    fn rejects_bad_protocols_and_empty_ports() {
+        let cases = [
+            ("53/sctp", "unknown protocol \"sctp\""),
+            ("53/UDP", "unknown protocol \"UDP\""),
+            ("53/", "unknown protocol \"\""),
+            ("53/udp/udp", "remote port \"53/udp\""),
+            ("/udp", "empty"),
+            ("5353:/udp", "local port is missing"),
+            ("0/udp", "remote port \"0\""),
+        ];
+        for (spec, want) in cases {
+            let err = PortSpec::parse(spec).expect_err(spec).to_string();
+            assert!(err.contains(want), "{spec}: {err} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn tcp_and_udp_on_one_port_are_two_listeners() {
+        let specs = PortSpec::parse_all(&["53:5353", "53:5353/udp"]).unwrap();
+        assert_eq!(specs.len(), 2);
+        let err = PortSpec::parse_all(&["53/udp", "53:54/udp"]).unwrap_err();
+        assert_eq!(err, SpecError::Duplicate(53, Protocol::Udp));
+        assert!(err.to_string().contains("53/udp is given twice"), "{err}");
+        let err = PortSpec::parse_all(&["53/tcp", "53"]).unwrap_err();
+        assert_eq!(err, SpecError::Duplicate(53, Protocol::Tcp));
+        assert!(err.to_string().contains("port 53 is given twice"), "{err}");
     }
 
     #[test]
@@ -183,7 +270,7 @@ mod tests {
     #[test]
     fn rejects_duplicate_remote_ports() {
         let err = PortSpec::parse_all(&["8080:80", "9090", "8080:81"]).unwrap_err();
-        assert_eq!(err, SpecError::Duplicate(8080));
+        assert_eq!(err, SpecError::Duplicate(8080, Protocol::Tcp));
         assert!(PortSpec::parse_all(&["8080:80", "8081:80"]).is_ok());
     }
 
@@ -196,6 +283,10 @@ mod tests {
         assert_eq!(
             PortSpec::parse("9000").unwrap().local_display(),
             "localhost:9000"
+        );
+        assert_eq!(
+            PortSpec::parse("5353:53/udp").unwrap().to_string(),
+            "5353:localhost:53/udp"
         );
     }
 }

@@ -102,7 +102,12 @@ server.serve_forever()
 /// Fetches a metrics endpoint and returns the text.
 pub fn scrape(port: u16) -> String {
     let out = Command::new("curl")
-        .args(["-sS", &format!("http://127.0.0.1:{port}/metrics")])
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -7,6 +7,7 @@
 //! - [`process`]: the binaries under test and handles on running ones.
 //! - [`fixtures`]: a pod with a sidecar, an HTTP server, the test peer.
 //! - [`peer`]: traffic generators and checkers (the test peer, the benchmark).
+//! - [`udp_peer`]: the same for UDP: echo, checked sequences, many flows.
 //! - [`fake_sidecar`]: a scripted, possibly hostile sidecar; memory and CPU of a process.
 //! - [`cluster`]: helpers for tests against a real Kubernetes cluster.
 
@@ -16,3 +17,4 @@ pub mod fixtures;
 pub mod netns;
 pub mod peer;
 pub mod process;
+pub mod udp_peer;

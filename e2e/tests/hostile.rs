@@ -27,6 +27,7 @@ async fn escapes_and_forged_lines_from_the_pod_are_printed_escaped() {
         }),
         hostname: Some(format!("host{FORGED}")),
         resume: false,
+        features: vec![],
     };
     let mut pod = fake.accept(&hello).await;
     pod.accept_bind().await;

@@ -40,6 +40,31 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// are the pod's resources, not the CLI's.
 pub const MAX_GRACE: Duration = Duration::from_secs(600);
 
+/// How long a UDP flow lives without a datagram either way, unless
+/// `rpf attach --udp-idle-timeout` says otherwise: long enough for a
+/// request/response protocol (DNS, syslog) to finish and for a chatty one
+/// to keep its flow, short enough that a client's ephemeral ports do not
+/// pile up flows against the limit.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest UDP idle timeout the sidecar applies, whatever the CLI asks:
+/// idle flows hold one of the listener's flow slots.
+pub const MAX_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Largest UDP payload carried: what fits in one IPv4 datagram
+/// (65,535 − 20 bytes of IP header − 8 of UDP header). Larger ones (IPv6
+/// allows 65,527) are dropped and counted; a length prefix above this on a
+/// flow stream is a protocol error.
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// Optional abilities a sidecar announces in its hello (`features`). The
+/// CLI uses one only when the sidecar listed it: an older sidecar ignores
+/// fields it does not know, so asking it blindly would fail silently.
+pub mod features {
+    /// UDP listeners (`ListenerSpec.protocol = udp`) and flow streams.
+    pub const UDP: &str = "udp";
+}
+
 /// Pod annotations understood by rpf.
 pub mod annotations {
     /// `"true"` opts a pod into sidecar injection.
@@ -83,6 +108,12 @@ pub mod tuning {
     pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
     /// How long a PING may go unanswered before the channel is declared dead.
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Datagrams a UDP flow queues while its stream cannot take them (no
+    /// window yet, or no channel during a grace period); beyond it, new
+    /// datagrams are dropped and counted.
+    pub const UDP_QUEUE_DATAGRAMS: usize = 128;
+    /// Bytes a UDP flow queues at most, whichever limit comes first.
+    pub const UDP_QUEUE_BYTES: usize = 512 << 10;
 }
 
 /// HTTP/2 request paths and header names of the tunnel.
@@ -95,6 +126,10 @@ pub mod wire {
     pub const CONNECT_URI: &str = "http://rpf.tunnel/rpf/connect";
     /// Path of [`CONNECT_URI`].
     pub const CONNECT_PATH: &str = "/rpf/connect";
+    /// URI of a UDP flow stream (one per pod-side peer of a UDP listener).
+    pub const UDP_URI: &str = "http://rpf.tunnel/rpf/udp";
+    /// Path of [`UDP_URI`].
+    pub const UDP_PATH: &str = "/rpf/udp";
     /// Connection stream header: the CLI's id of the listener that accepted.
     pub const LISTENER_HEADER: &str = "rpf-listener";
     /// Connection stream header: the pod-side peer address.

@@ -33,6 +33,39 @@ pub struct BindAddr {
     pub required: bool,
 }
 
+/// Transport protocol of a reverse listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// TCP connections, one stream each (the default, and all that peers
+    /// older than UDP support).
+    #[default]
+    Tcp,
+    /// UDP datagrams, one stream per pod-side peer address (a flow). Sent
+    /// only to a sidecar whose hello lists [`crate::features::UDP`].
+    Udp,
+}
+
+impl Protocol {
+    /// `tcp` or `udp`, as in a port spec's suffix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    fn is_tcp(&self) -> bool {
+        *self == Protocol::Tcp
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A reverse listener the CLI asks the sidecar to open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerSpec {
@@ -47,6 +80,14 @@ pub struct ListenerSpec {
     /// Peers allowed to connect (empty: anyone who can reach the address).
     #[serde(default)]
     pub allow: Vec<IpNet>,
+    /// TCP (absent, as older CLIs send it) or UDP. For UDP,
+    /// `max_connections` caps the concurrent flows.
+    #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
+    pub protocol: Protocol,
+    /// UDP only: a flow with no datagram either way for this long ends
+    /// (0 or absent: [`crate::DEFAULT_UDP_IDLE_TIMEOUT`]). The sidecar caps it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle_timeout_ms: u64,
 }
 
 /// A listener the sidecar opened.
@@ -142,6 +183,11 @@ pub enum Message {
         /// from older sidecars and from `stdio`, which ends with its channel.
         #[serde(default, skip_serializing_if = "is_false")]
         resume: bool,
+        /// Sidecar only: optional abilities it has beyond protocol 1
+        /// ([`crate::features`]), so a CLI never asks an older sidecar for
+        /// something it would misread. Absent (empty) from older sidecars.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     /// CLI → sidecar: open these listeners, all or none.
     Bind {
@@ -226,6 +272,7 @@ impl Message {
             pod,
             hostname,
             resume: false,
+            features: Vec::new(),
         }
     }
 
@@ -322,22 +369,38 @@ mod tests {
                 Some("web-7f9".into()),
             ),
             Message::Bind {
-                listeners: vec![ListenerSpec {
-                    id: 1,
-                    port: 8080,
-                    addrs: vec![
-                        BindAddr {
+                listeners: vec![
+                    ListenerSpec {
+                        id: 1,
+                        port: 8080,
+                        addrs: vec![
+                            BindAddr {
+                                ip: "127.0.0.1".parse().unwrap(),
+                                required: true,
+                            },
+                            BindAddr {
+                                ip: "::1".parse().unwrap(),
+                                required: false,
+                            },
+                        ],
+                        max_connections: 10,
+                        allow: vec!["10.0.0.0/8".parse().unwrap()],
+                        protocol: Protocol::Tcp,
+                        idle_timeout_ms: 0,
+                    },
+                    ListenerSpec {
+                        id: 2,
+                        port: 5353,
+                        addrs: vec![BindAddr {
                             ip: "127.0.0.1".parse().unwrap(),
                             required: true,
-                        },
-                        BindAddr {
-                            ip: "::1".parse().unwrap(),
-                            required: false,
-                        },
-                    ],
-                    max_connections: 10,
-                    allow: vec!["10.0.0.0/8".parse().unwrap()],
-                }],
+                        }],
+                        max_connections: 10,
+                        allow: vec![],
+                        protocol: Protocol::Udp,
+                        idle_timeout_ms: 5_000,
+                    },
+                ],
                 grace_ms: 30_000,
             },
             Message::Bound {
@@ -429,6 +492,47 @@ mod tests {
     }
 
     #[test]
+    fn tcp_listeners_and_hellos_without_features_look_as_before() {
+        let spec = ListenerSpec {
+            id: 1,
+            port: 80,
+            addrs: vec![],
+            max_connections: 1,
+            allow: vec![],
+            protocol: Protocol::Tcp,
+            idle_timeout_ms: 0,
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(
+            !json.contains("protocol") && !json.contains("idle"),
+            "{json}"
+        );
+        let old: ListenerSpec =
+            serde_json::from_str("{\"id\":1,\"port\":80,\"addrs\":[],\"max_connections\":1}")
+                .unwrap();
+        assert_eq!(
+            old,
+            ListenerSpec {
+                allow: vec![],
+                ..spec
+            }
+        );
+        let udp = ListenerSpec {
+            protocol: Protocol::Udp,
+            ..old
+        };
+        assert!(serde_json::to_string(&udp)
+            .unwrap()
+            .contains("\"protocol\":\"udp\""));
+        let mut dec = Decoder::default();
+        dec.extend(b"{\"type\":\"hello\",\"protocol\":1,\"software\":\"0.1.0\",\"features\":[\"udp\",\"later\"]}\n");
+        let Some(Message::Hello { features, .. }) = dec.next_message().unwrap() else {
+            panic!("a hello")
+        };
+        assert_eq!(features, ["udp", "later"]);
+    }
+
+    #[test]
     fn without_grace_the_wire_is_what_older_peers_sent() {
         let bind = Message::Bind {
             listeners: vec![],
@@ -440,6 +544,7 @@ mod tests {
         );
         let hello = String::from_utf8(Message::hello(None, None).encode().to_vec()).unwrap();
         assert!(!hello.contains("resume"), "{hello}");
+        assert!(!hello.contains("features"), "{hello}");
     }
 
     #[test]

@@ -54,6 +54,9 @@ fn is_unsafe(c: char) -> bool {
         || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
+/// Most feature names kept from a peer's hello.
+const MAX_FEATURES: usize = 64;
+
 impl Message {
     /// This message with every string [`escape`]d: applied to each message
     /// as it is decoded from the peer.
@@ -65,6 +68,7 @@ impl Message {
                 pod,
                 hostname,
                 resume,
+                mut features,
             } => Message::Hello {
                 protocol,
                 software: escape(&software),
@@ -74,6 +78,11 @@ impl Message {
                 }),
                 hostname: hostname.as_deref().map(escape),
                 resume,
+                // Compared, never printed; a sane list is short.
+                features: {
+                    features.truncate(MAX_FEATURES);
+                    features.iter().map(|f| escape(f)).collect()
+                },
             },
             Message::BindFailed {
                 id,
@@ -152,6 +161,7 @@ mod tests {
             }),
             hostname: Some("h\x1b".into()),
             resume: false,
+            features: vec![],
         };
         let Message::Hello {
             software,

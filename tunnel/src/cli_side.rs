@@ -26,13 +26,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::control::{ControlReader, ControlWriter};
+use crate::datagram::{self, Flow, FlowEnd, FlowError};
 use crate::error::SessionError;
 use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
+use crate::metrics::FlowOutcome;
 use crate::metrics::{ErrorType, Metrics};
 use crate::net::{canonical_ip, describe_io_error, dial};
 use crate::pump::{splice, Meters, PumpError};
 use rpf_proto::message::{
-    BindAddr, BoundListener, ListenerSpec, Message, PodRef, RejectReason, SessionTicket,
+    BindAddr, BoundListener, ListenerSpec, Message, PodRef, Protocol, RejectReason, SessionTicket,
 };
 use rpf_proto::{version_mismatch, Side};
 use rpf_proto::{wire, PROTOCOL_VERSION};
@@ -54,6 +56,10 @@ pub struct Forward {
     pub local_host: String,
     /// Port dialed on this side.
     pub local_port: u16,
+    /// TCP, or UDP (then `max_connections` caps concurrent flows).
+    pub protocol: Protocol,
+    /// UDP: a flow with no datagram either way for this long ends.
+    pub idle_timeout: Duration,
 }
 
 /// Session settings on the CLI side.
@@ -90,6 +96,8 @@ pub struct SidecarInfo {
     pub hostname: Option<String>,
     /// Whether it can keep a session through a lost channel and resume it.
     pub resume: bool,
+    /// Whether it carries UDP (its hello listed the `udp` feature).
+    pub udp: bool,
 }
 
 /// A session whose listeners are all bound.
@@ -196,6 +204,7 @@ where
             pod,
             hostname,
             resume,
+            features,
         }) => {
             if protocol != PROTOCOL_VERSION {
                 let msg = version_mismatch(PROTOCOL_VERSION, protocol, &software, Side::Cli);
@@ -211,6 +220,7 @@ where
                 pod,
                 hostname,
                 resume,
+                udp: features.iter().any(|f| f == rpf_proto::features::UDP),
             }
         }
         Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
@@ -238,6 +248,8 @@ where
 }
 
 /// What came of asking the sidecar to resume a session.
+// Both variants are a whole session's state; one value per reconnect.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Resume {
     /// The session is back, with the listeners it never closed.
@@ -275,6 +287,24 @@ impl std::fmt::Debug for Greeted {
 impl Greeted {
     /// Asks the sidecar to bind every forward, all or none.
     pub async fn bind(mut self) -> Result<Established, SessionError> {
+        // An older sidecar ignores `protocol` and would bind TCP instead:
+        // refuse before asking.
+        if !self.sidecar.udp {
+            if let Some(f) = self.forwards.iter().find(|f| f.protocol == Protocol::Udp) {
+                let msg = format!(
+                    "this sidecar (rpf-sidecar {}) does not support UDP, asked for by {}/udp; upgrade it to rpf-sidecar {} (the release of this rpf) or later, or forward TCP only",
+                    self.sidecar.software,
+                    f.remote_port,
+                    rpf_proto::SOFTWARE_VERSION
+                );
+                self.ctl_out.finish(&Message::Goodbye {
+                    reason: "UDP is not supported by this sidecar".into(),
+                });
+                let _ = self.stop_driver.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
+                return Err(SessionError::Unsupported(msg));
+            }
+        }
         let listeners = self
             .forwards
             .iter()
@@ -284,6 +314,11 @@ impl Greeted {
                 addrs: f.addrs.clone(),
                 max_connections: f.max_connections,
                 allow: f.allow.clone(),
+                protocol: f.protocol,
+                idle_timeout_ms: match f.protocol {
+                    Protocol::Tcp => 0,
+                    Protocol::Udp => f.idle_timeout.as_millis().try_into().unwrap_or(u64::MAX),
+                },
             })
             .collect();
         // Only a sidecar that can resume is asked for grace: with any other
@@ -403,9 +438,18 @@ impl Established {
                 }
                 msg = self.ctl_in.next() => match msg? {
                     Some(Message::Rejected { id, peer, reason }) => {
-                        let port = self.state.forwards.get(&id).map(|(f, _)| f.remote_port).unwrap_or(0);
+                        let forward = self.state.forwards.get(&id).map(|(f, _)| f);
+                        let port = forward.map(|f| f.remote_port).unwrap_or(0);
                         self.state.metrics.rejected(reason).inc();
+                        let udp = forward.is_some_and(|f| f.protocol == Protocol::Udp);
                         match reason {
+                            RejectReason::Limit if udp => crate::warn_limited!(
+                                "dropped datagrams from {peer} to UDP port {port} in the pod: limit of {} concurrent flows reached (raise it with --max-connections)",
+                                forward.map(|f| f.max_connections).unwrap_or(0)
+                            ),
+                            RejectReason::NotAllowed if udp => crate::warn_limited!(
+                                "dropped datagrams from {peer} to UDP port {port} in the pod: peer not in --allow"
+                            ),
                             RejectReason::Limit => crate::warn_limited!(
                                 "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
                                 self.state.forwards.get(&id).map(|(f, _)| f.max_connections).unwrap_or(0)
@@ -487,9 +531,12 @@ async fn handle_connection(
     let id = header(wire::LISTENER_HEADER).and_then(|v| v.parse::<u32>().ok());
     let peer = header(wire::PEER_HEADER).and_then(|v| v.parse::<SocketAddr>().ok());
     let found = id.and_then(|id| state.forwards.get(&id));
-    let (Some((forward, active)), Some(peer), true) =
-        (found, peer, request.uri().path() == wire::CONNECT_PATH)
-    else {
+    // The path must match what the CLI's own spec says the listener is.
+    let path_fits = |(f, _): &&(Forward, AtomicU32)| match f.protocol {
+        Protocol::Tcp => request.uri().path() == wire::CONNECT_PATH,
+        Protocol::Udp => request.uri().path() == wire::UDP_PATH,
+    };
+    let (Some((forward, active)), Some(peer)) = (found.filter(path_fits), peer) else {
         m.error(ErrorType::Protocol).inc();
         crate::warn_limited!(
             "the sidecar sent a malformed connection stream ({} {}); ignored",
@@ -531,6 +578,9 @@ async fn handle_connection(
         );
     }
     let _slot = SlotGuard(active);
+    if forward.protocol == Protocol::Udp {
+        return carry_udp_flow(request, respond, forward, peer, &state).await;
+    }
     let started = Instant::now();
     info!("Handling connection for {port} from {peer}");
     let local = match dial(&forward.local_host, forward.local_port).await {
@@ -586,6 +636,107 @@ async fn handle_connection(
             debug!("connection from {peer} on port {port} aborted: {e}");
         }
     }
+}
+
+/// One UDP flow: a connected socket to the target, so its replies (and
+/// its ICMP errors) come back to this flow alone, then datagrams both ways
+/// until the flow idles out, either end closes it, or the target refuses.
+async fn carry_udp_flow(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    forward: &Forward,
+    peer: SocketAddr,
+    state: &State,
+) {
+    let m = &state.metrics;
+    let port = forward.remote_port;
+    info!("Handling UDP flow for {port} from {peer}");
+    let socket = match connect_udp(&forward.local_host, forward.local_port).await {
+        Ok(socket) => socket,
+        Err(e) => {
+            let why = describe_io_error(&e);
+            crate::warn_limited!("cannot reach local UDP port {}: {why}", forward.local_port);
+            m.error(ErrorType::Dial).inc();
+            m.udp.ended(FlowOutcome::Error);
+            return refuse(&mut respond, StatusCode::BAD_GATEWAY, &why);
+        }
+    };
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            debug!("UDP flow from {peer} gone before it was answered: {e}");
+            return m.udp.ended(FlowOutcome::Error);
+        }
+    };
+    m.udp.active_flows.inc();
+    let (queue, outbox) = datagram::queue();
+    let flow = Flow {
+        outbox,
+        sink: datagram::Sink::Target(&socket),
+        source: datagram::read_target(&socket, queue, &m.udp.local_to_pod),
+        idle: forward.idle_timeout,
+        out_meters: &m.udp.local_to_pod,
+        in_meters: &m.udp.pod_to_local,
+        cancel: &state.ended,
+    };
+    let result = datagram::run_flow(flow, send, std::future::ready(Ok(request.into_body()))).await;
+    m.udp.active_flows.dec();
+    let outcome = match result {
+        Ok(FlowEnd::Idle) => {
+            debug!("UDP flow from {peer} on port {port} idle: closed");
+            FlowOutcome::Idle
+        }
+        Ok(FlowEnd::Closed) | Err(FlowError::Pump(PumpError::Cancelled)) => FlowOutcome::Closed,
+        Err(FlowError::Refused) => {
+            crate::warn_limited!(
+                "UDP flow from {peer} to port {port} in the pod ended: nothing listens on local UDP port {} (connection refused)",
+                forward.local_port
+            );
+            m.error(ErrorType::Dial).inc();
+            FlowOutcome::Refused
+        }
+        Err(e @ FlowError::Protocol(_)) => {
+            m.error(ErrorType::Protocol).inc();
+            crate::warn_limited!(
+                "UDP flow from {peer} on port {port} reset: the sidecar sent a {e}"
+            );
+            FlowOutcome::Error
+        }
+        Err(e) => {
+            m.error(ErrorType::Stream).inc();
+            debug!("UDP flow from {peer} on port {port} aborted: {e}");
+            FlowOutcome::Error
+        }
+    };
+    m.udp.ended(outcome);
+}
+
+/// A UDP socket connected to `host:port`. `localhost` is 127.0.0.1: with
+/// UDP nothing answers a connect, so there is no falling back to ::1 (write
+/// `[::1]` for an IPv6-only target).
+async fn connect_udp(host: &str, port: u16) -> std::io::Result<tokio::net::UdpSocket> {
+    let target = if host.eq_ignore_ascii_case("localhost") {
+        SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port)
+    } else if let Ok(ip) = host.parse::<IpAddr>() {
+        SocketAddr::new(ip, port)
+    } else {
+        tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{host} has no address"),
+                )
+            })?
+    };
+    let any: SocketAddr = match target {
+        SocketAddr::V4(_) => (IpAddr::from([0, 0, 0, 0]), 0).into(),
+        SocketAddr::V6(_) => (IpAddr::from([0u16; 8]), 0).into(),
+    };
+    let socket = tokio::net::UdpSocket::bind(any).await?;
+    socket.connect(target).await?;
+    Ok(socket)
 }
 
 /// Frees a connection slot of a forward when the connection ends.

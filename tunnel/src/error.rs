@@ -44,6 +44,10 @@ pub enum SessionError {
         /// How long it was given.
         timeout: Duration,
     },
+    /// The sidecar lacks something the forwards need (e.g. UDP); retrying
+    /// the same sidecar cannot help.
+    #[error("{0}")]
+    Unsupported(String),
     /// A step of the handshake took too long.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),

@@ -8,6 +8,8 @@
 //! - [`http2`]: HTTP/2 settings for both ends, and the keepalive.
 //! - [`control`]: the session stream as typed messages.
 //! - [`pump`]: TCP connection ⇄ HTTP/2 stream, with TCP's half-close and abort.
+//! - [`datagram`]: UDP flow ⇄ HTTP/2 stream: length-prefixed datagrams,
+//!   bounded queues, idle timeout.
 //! - [`sidecar_side`]: the sidecar's end of a session (HTTP/2 client).
 //! - [`cli_side`]: the CLI's end of a session (HTTP/2 server).
 //! - [`metrics`]: Prometheus metrics for both ends and their endpoint.
@@ -17,6 +19,7 @@
 
 pub mod cli_side;
 mod control;
+pub mod datagram;
 pub mod error;
 pub mod http2;
 pub mod metrics;

@@ -38,6 +38,97 @@ const ERROR_TYPES: [(ErrorType, &str); 3] = [
     (ErrorType::Protocol, "protocol"),
 ];
 
+/// Why a UDP datagram was dropped, the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its flow's queue was full (the stream could not take it yet).
+    QueueFull,
+    /// A new flow, over the listener's flow limit.
+    Limit,
+    /// A new flow from a peer outside the allow list.
+    NotAllowed,
+    /// Larger than the 65,507 bytes a flow carries.
+    TooLarge,
+    /// The socket would not send it.
+    SendFailed,
+}
+
+const DROP_REASONS: [(DropReason, &str); 5] = [
+    (DropReason::QueueFull, "queue_full"),
+    (DropReason::Limit, "limit"),
+    (DropReason::NotAllowed, "not_allowed"),
+    (DropReason::TooLarge, "too_large"),
+    (DropReason::SendFailed, "send_failed"),
+];
+
+/// How a UDP flow ended, the `end` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowOutcome {
+    /// No datagram either way for the idle timeout.
+    Idle,
+    /// The other end or the session closed it.
+    Closed,
+    /// The local target refused (ICMP port unreachable).
+    Refused,
+    /// A protocol or stream error.
+    Error,
+}
+
+const FLOW_OUTCOMES: [(FlowOutcome, &str); 4] = [
+    (FlowOutcome::Idle, "idle"),
+    (FlowOutcome::Closed, "closed"),
+    (FlowOutcome::Refused, "refused"),
+    (FlowOutcome::Error, "error"),
+];
+
+/// Counters for one direction of UDP traffic, and the shared drop counts.
+#[derive(Debug, Clone)]
+pub struct UdpMeters {
+    datagrams: Counter,
+    bytes: Counter,
+    drops: [Counter; 5],
+}
+
+impl UdpMeters {
+    /// Counts one datagram of `len` payload bytes carried.
+    pub fn carried(&self, len: u64) {
+        self.datagrams.inc();
+        self.bytes.inc_by(len);
+    }
+
+    /// Counts one datagram dropped.
+    pub fn dropped(&self, reason: DropReason) {
+        let i = DROP_REASONS
+            .iter()
+            .position(|(r, _)| *r == reason)
+            .unwrap_or(0);
+        self.drops[i].inc();
+    }
+}
+
+/// UDP flows and datagrams.
+#[derive(Debug, Clone)]
+pub struct UdpMetrics {
+    /// Datagrams from pod peers towards the local targets.
+    pub pod_to_local: UdpMeters,
+    /// Datagrams from the local targets back to pod peers.
+    pub local_to_pod: UdpMeters,
+    /// Flows open now.
+    pub active_flows: Gauge,
+    flows: [Counter; 4],
+}
+
+impl UdpMetrics {
+    /// Counts a flow that ended.
+    pub fn ended(&self, outcome: FlowOutcome) {
+        let i = FLOW_OUTCOMES
+            .iter()
+            .position(|(o, _)| *o == outcome)
+            .unwrap_or(0);
+        self.flows[i].inc();
+    }
+}
+
 /// Counters and gauges for one end of the tunnel.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -60,6 +151,8 @@ pub struct Metrics {
     pub sessions_active: Gauge,
     /// Sessions (re)established: on the CLI, more than one means reconnects.
     pub sessions_total: Counter,
+    /// UDP flows and datagrams.
+    pub udp: UdpMetrics,
     rejected: [Counter; 2],
     errors: [Counter; 3],
 }
@@ -108,6 +201,36 @@ impl Metrics {
             "Bytes carried through the tunnel by direction",
             bytes.clone(),
         );
+        let udp_datagrams = Family::<Labels, Counter>::default();
+        registry.register(
+            format!("{p}_udp_datagrams"),
+            "UDP datagrams carried by direction",
+            udp_datagrams.clone(),
+        );
+        let udp_bytes = Family::<Labels, Counter>::default();
+        registry.register(
+            format!("{p}_udp_bytes"),
+            "UDP payload bytes carried by direction",
+            udp_bytes.clone(),
+        );
+        let udp_dropped = Family::<Labels, Counter>::default();
+        registry.register(
+            format!("{p}_udp_dropped"),
+            "UDP datagrams dropped by reason",
+            udp_dropped.clone(),
+        );
+        let udp_flows = Family::<Labels, Counter>::default();
+        registry.register(
+            format!("{p}_udp_flows"),
+            "UDP flows ended, by how they ended",
+            udp_flows.clone(),
+        );
+        let udp_active = Gauge::default();
+        registry.register(
+            format!("{p}_udp_active_flows"),
+            "UDP flows open",
+            udp_active.clone(),
+        );
         let sessions_active = Gauge::default();
         let sessions_total = Counter::default();
         let listeners_active = Gauge::default();
@@ -140,7 +263,20 @@ impl Metrics {
         let get = |family: &Family<Labels, Counter>, k: &'static str, v: &'static str| {
             family.get_or_create_owned(&vec![(k, v)])
         };
+        let drops = DROP_REASONS.map(|(_, name)| get(&udp_dropped, "reason", name));
+        let meters = |direction| UdpMeters {
+            datagrams: get(&udp_datagrams, "direction", direction),
+            bytes: get(&udp_bytes, "direction", direction),
+            drops: drops.clone(),
+        };
+        let udp = UdpMetrics {
+            pod_to_local: meters("pod_to_local"),
+            local_to_pod: meters("local_to_pod"),
+            active_flows: udp_active,
+            flows: FLOW_OUTCOMES.map(|(_, name)| get(&udp_flows, "end", name)),
+        };
         Metrics {
+            udp,
             connections_ok: get(&connections, "status", "success"),
             connections_failed: get(&connections, "status", "error"),
             active_connections,
@@ -207,6 +343,30 @@ mod tests {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
         assert!(!text.contains("rpf_sidecar"));
+    }
+
+    #[test]
+    fn udp_counts_datagrams_drops_and_flows() {
+        let m = Metrics::new(Side::Cli);
+        m.udp.pod_to_local.carried(40);
+        m.udp.local_to_pod.carried(100);
+        m.udp.local_to_pod.dropped(DropReason::QueueFull);
+        m.udp.pod_to_local.dropped(DropReason::Limit);
+        m.udp.ended(FlowOutcome::Refused);
+        m.udp.active_flows.inc();
+        let text = m.render();
+        for want in [
+            "rpf_portforward_reverse_udp_datagrams_total{direction=\"pod_to_local\"} 1",
+            "rpf_portforward_reverse_udp_bytes_total{direction=\"local_to_pod\"} 100",
+            "rpf_portforward_reverse_udp_dropped_total{reason=\"queue_full\"} 1",
+            "rpf_portforward_reverse_udp_dropped_total{reason=\"limit\"} 1",
+            "rpf_portforward_reverse_udp_dropped_total{reason=\"too_large\"} 0",
+            "rpf_portforward_reverse_udp_flows_total{end=\"refused\"} 1",
+            "rpf_portforward_reverse_udp_flows_total{end=\"idle\"} 0",
+            "rpf_portforward_reverse_udp_active_flows 1",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
     }
 
     #[test]

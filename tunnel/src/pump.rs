@@ -131,7 +131,10 @@ async fn socket_to_stream(
 }
 
 /// Sends `data` as the peer grants window, never queueing more than granted.
-async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), PumpError> {
+pub(crate) async fn send_all(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), PumpError> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {

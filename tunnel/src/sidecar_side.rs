@@ -24,22 +24,28 @@ use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::control::{ControlReader, ControlWriter};
+use crate::datagram::{self, Flow, FlowEnd, FlowError, PushError, QueueRx, QueueTx, Sink};
 use crate::error::SessionError;
 use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
+use crate::metrics::{DropReason, FlowOutcome};
 use crate::metrics::{ErrorType, Metrics};
 use crate::pump::{self, splice, Meters, PumpError};
 use rpf_proto::message::{
-    BindErrorKind, BoundListener, ListenerSpec, Message, PodRef, RejectReason, SessionTicket,
+    BindErrorKind, BoundListener, ListenerSpec, Message, PodRef, Protocol, RejectReason,
+    SessionTicket,
+};
+use rpf_proto::{
+    features, wire, DEFAULT_UDP_IDLE_TIMEOUT, MAX_DATAGRAM, MAX_GRACE, MAX_UDP_IDLE_TIMEOUT,
+    PROTOCOL_VERSION,
 };
 use rpf_proto::{version_mismatch, Side};
-use rpf_proto::{wire, MAX_GRACE, PROTOCOL_VERSION};
 
 /// What the sidecar knows about itself, told to the CLI in its hello.
 #[derive(Debug, Clone, Default)]
@@ -262,8 +268,12 @@ where
         .map_err(SessionError::lost)?;
     let mut ctl_out = ControlWriter::new(send);
     let mut hello = Message::hello(config.pod.clone(), config.hostname.clone());
-    if let Message::Hello { resume, .. } = &mut hello {
+    if let Message::Hello {
+        resume, features, ..
+    } = &mut hello
+    {
         *resume = sessions.is_some();
+        *features = vec![features::UDP.to_string()];
     }
     ctl_out.send(&hello)?;
     let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, response)
@@ -341,7 +351,10 @@ where
                                 let spec = listeners.iter().find(|s| s.id == id).expect("bound from specs");
                                 let limit = Arc::new(Semaphore::new(spec.max_connections as usize));
                                 for (listener, _) in ls {
-                                    core.accept_tasks.spawn(accept_loop(listener, spec.clone(), limit.clone(), core.clone()));
+                                    match listener {
+                                        Socket::Tcp(l) => core.accept_tasks.spawn(accept_loop(l, spec.clone(), limit.clone(), core.clone())),
+                                        Socket::Udp(u) => core.accept_tasks.spawn(udp_loop(u, spec.clone(), limit.clone(), core.clone())),
+                                    };
                                 }
                             }
                             core.bound.lock().expect("lock").extend(report.iter().cloned());
@@ -498,7 +511,22 @@ impl Drop for GaugeGuard {
     }
 }
 
-type BoundSet = Vec<(u32, Vec<(TcpListener, SocketAddr)>)>;
+/// A bound listener socket of either protocol.
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Socket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Socket::Tcp(l) => l.local_addr(),
+            Socket::Udp(u) => u.local_addr(),
+        }
+    }
+}
+
+type BoundSet = Vec<(u32, Vec<(Socket, SocketAddr)>)>;
 
 /// Binds every listener of one request, or none: on the first failure the
 /// ones already bound are dropped (closed) and the failure is reported.
@@ -508,7 +536,11 @@ async fn bind_all(specs: &[ListenerSpec]) -> Result<BoundSet, Message> {
         let mut mine = Vec::new();
         for addr in &spec.addrs {
             let sa = SocketAddr::new(addr.ip, spec.port);
-            match bind(sa) {
+            let bound = match spec.protocol {
+                Protocol::Tcp => bind(sa).map(Socket::Tcp),
+                Protocol::Udp => bind_udp(sa).map(Socket::Udp),
+            };
+            match bound {
                 Ok(l) => mine.push((l, sa)),
                 Err(e) if !addr.required && family_missing(&e) => {
                     debug!("skipping {sa}: {e} (no such address family in this network namespace)");
@@ -560,6 +592,14 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// Binds a UDP socket. No SO_REUSEADDR: for UDP it would let two sockets
+/// share the port (and split its datagrams) instead of reporting it in use.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
 }
 
 fn family_missing(e: &io::Error) -> bool {
@@ -725,4 +765,217 @@ async fn carry(tcp: TcpStream, peer: SocketAddr, id: u32, ctx: &Core) {
     }
     m.connection_duration
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// Peer events (`rejected`) one UDP listener socket sends to the CLI per
+/// second at most: every datagram of a refused peer is a new refusal, and
+/// the control stream must not carry a flood. The rest are only counted.
+const UDP_EVENTS_PER_SECOND: u32 = 10;
+
+/// Receives the datagrams of one UDP listener socket and hands each to the
+/// flow of its peer address, opening a flow for a new peer (within the
+/// allow list and the flow limit).
+async fn udp_loop(socket: UdpSocket, spec: ListenerSpec, limit: Arc<Semaphore>, ctx: Arc<Core>) {
+    let socket = Arc::new(socket);
+    let local = socket.local_addr().ok();
+    let m = &ctx.metrics;
+    m.listeners_active.inc();
+    let _gauge = GaugeGuard(m.listeners_active.clone());
+    let idle = match Duration::from_millis(spec.idle_timeout_ms) {
+        Duration::ZERO => DEFAULT_UDP_IDLE_TIMEOUT,
+        asked => asked.min(MAX_UDP_IDLE_TIMEOUT),
+    };
+    let max_flows = spec.max_connections as usize;
+    let mut flows: std::collections::HashMap<SocketAddr, QueueTx> = Default::default();
+    let mut events = EventBudget::default();
+    // One receive buffer per listener socket, never per flow.
+    let mut buf = vec![0u8; datagram::RECV_BUF];
+    debug!(?local, id = spec.id, "listening (udp)");
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = ctx.session.cancelled() => break,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!("receive on {local:?} failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        if n > MAX_DATAGRAM {
+            m.udp.pod_to_local.dropped(DropReason::TooLarge);
+            continue;
+        }
+        let mut datagram = bytes::Bytes::copy_from_slice(&buf[..n]);
+        if let Some(queue) = flows.get(&peer) {
+            match queue.push(datagram) {
+                Ok(()) => continue,
+                Err(PushError::Full) => {
+                    m.udp.pod_to_local.dropped(DropReason::QueueFull);
+                    continue;
+                }
+                // That flow ended (idle, refused): this datagram opens a new one.
+                Err(PushError::Closed(d)) => {
+                    flows.remove(&peer);
+                    datagram = d;
+                }
+            }
+        }
+        let refused = if !allowed(&spec.allow, peer.ip()) {
+            Some((RejectReason::NotAllowed, DropReason::NotAllowed))
+        } else {
+            None
+        };
+        let permit = match refused {
+            Some(_) => None,
+            None => limit.clone().try_acquire_owned().ok(),
+        };
+        let Some(permit) = permit else {
+            let (reason, drop) = refused.unwrap_or((RejectReason::Limit, DropReason::Limit));
+            m.udp.pod_to_local.dropped(drop);
+            m.rejected(reason).inc();
+            if events.take() {
+                info!(
+                    "dropped a datagram from {peer} to UDP port {}: {}",
+                    spec.port,
+                    match reason {
+                        RejectReason::Limit =>
+                            format!("limit of {} concurrent flows reached", spec.max_connections),
+                        RejectReason::NotAllowed => "peer not in the allow list".into(),
+                    }
+                );
+                ctx.event(Message::Rejected {
+                    id: spec.id,
+                    peer,
+                    reason,
+                });
+            }
+            continue;
+        };
+        // Ended flows leave their entry behind: sweep them before the map
+        // outgrows the live ones, which the limit bounds.
+        if flows.len() >= max_flows {
+            flows.retain(|_, q| !q.is_closed());
+        }
+        let (queue, outbox) = datagram::queue();
+        let _ = queue.push(datagram);
+        flows.insert(peer, queue);
+        let ctx = ctx.clone();
+        let socket = socket.clone();
+        let id = spec.id;
+        tokio::spawn(async move {
+            carry_flow(&socket, peer, id, outbox, idle, &ctx).await;
+            drop(permit);
+        });
+    }
+    debug!(?local, id = spec.id, "listener closed (udp)");
+}
+
+/// A per-second budget of events sent to the CLI.
+#[derive(Debug, Default)]
+struct EventBudget {
+    window: Option<Instant>,
+    used: u32,
+}
+
+impl EventBudget {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= UDP_EVENTS_PER_SECOND
+    }
+}
+
+/// Carries one UDP flow (one pod peer) to the CLI on a stream of its own,
+/// on the session's current channel; between channels it waits (its queue
+/// bounded, its idle timeout running).
+async fn carry_flow(
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    id: u32,
+    outbox: QueueRx,
+    idle: Duration,
+    ctx: &Core,
+) {
+    let m = &ctx.metrics;
+    m.udp.active_flows.inc();
+    let _gauge = GaugeGuard(m.udp.active_flows.clone());
+    let opened = tokio::time::timeout(idle, async {
+        loop {
+            let link = ctx.next_link().await?;
+            let mut sender = match link.send_req.clone().ready().await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!("cannot open a stream for UDP peer {peer}: {e}");
+                    link.channel.cancelled().await;
+                    continue;
+                }
+            };
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri(wire::UDP_URI)
+                .header(wire::LISTENER_HEADER, id)
+                .header(wire::PEER_HEADER, peer.to_string())
+                .body(())
+                .expect("valid request");
+            match sender.send_request(request, false) {
+                Ok(pair) => return Some((link, pair)),
+                Err(e) => {
+                    debug!("cannot open a stream for UDP peer {peer}: {e}");
+                    link.channel.cancelled().await;
+                }
+            }
+        }
+    })
+    .await;
+    let (link, (response, send)) = match opened {
+        Ok(Some(opened)) => opened,
+        // The session ended, or no channel came within the idle timeout.
+        Ok(None) => return m.udp.ended(FlowOutcome::Closed),
+        Err(_) => return m.udp.ended(FlowOutcome::Idle),
+    };
+    let answer = async {
+        let response = response.await?;
+        if response.status() != StatusCode::OK {
+            let why = response
+                .headers()
+                .get(wire::ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("refused by the CLI")
+                .to_string();
+            return Err(PumpError::Refused(why));
+        }
+        Ok(response.into_body())
+    };
+    let flow = Flow {
+        outbox,
+        sink: Sink::Peer(socket, peer),
+        source: std::future::pending(),
+        idle,
+        out_meters: &m.udp.pod_to_local,
+        in_meters: &m.udp.local_to_pod,
+        cancel: &link.channel,
+    };
+    let outcome = match datagram::run_flow(flow, send, answer).await {
+        Ok(FlowEnd::Idle) => FlowOutcome::Idle,
+        Ok(FlowEnd::Closed) => FlowOutcome::Closed,
+        Err(FlowError::Refused) => {
+            debug!("UDP flow from {peer}: the target on the CLI's side refused it");
+            FlowOutcome::Refused
+        }
+        Err(FlowError::Pump(PumpError::Cancelled)) => FlowOutcome::Closed,
+        Err(e) => {
+            debug!("UDP flow from {peer} aborted: {e}");
+            FlowOutcome::Error
+        }
+    };
+    m.udp.ended(outcome);
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rpf_proto::message::BindAddr;
+use rpf_proto::message::{BindAddr, Protocol};
 use rpf_proto::Side;
 use rpf_tunnel::cli_side::{handshake, CliConfig, Forward, Resume};
 use rpf_tunnel::error::SessionError;
@@ -19,7 +19,7 @@ use rpf_tunnel::sidecar_side::{
     run_resumable_session, run_session, SessionEnd, Sessions, SidecarConfig,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 async fn echo_server() -> u16 {
@@ -50,7 +50,76 @@ fn forward(local_port: u16) -> Forward {
         allow: vec![],
         local_host: "127.0.0.1".into(),
         local_port,
+        protocol: Protocol::Tcp,
+        idle_timeout: Duration::from_secs(60),
     }
+}
+
+async fn udp_echo_server() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn udp_datagrams_cross_whole_and_a_second_peer_is_a_second_flow() {
+    let local = udp_echo_server().await;
+    let (cli_io, sidecar_io) = tokio::io::duplex(1 << 20);
+    let stop = CancellationToken::new();
+    let sidecar_metrics = Metrics::new(Side::Sidecar);
+    tokio::spawn({
+        let (stop, m) = (stop.clone(), sidecar_metrics.clone());
+        async move { run_session(sidecar_io, &SidecarConfig::default(), &m, stop).await }
+    });
+    let forward = Forward {
+        protocol: Protocol::Udp,
+        ..forward(local)
+    };
+    let metrics = Metrics::new(Side::Cli);
+    let greeted = handshake(cli_io, &CliConfig::new(vec![forward]), &metrics)
+        .await
+        .unwrap();
+    assert!(greeted.sidecar.udp, "the sidecar announces UDP");
+    let session = greeted.bind().await.unwrap();
+    let bound: SocketAddr = session.bound[0].addrs[0];
+    tokio::spawn(session.serve(stop.clone()));
+
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(bound).await.unwrap();
+    let mut buf = vec![0u8; 65_536];
+    for size in [0usize, 1, 512, 1400, 9000, 65_507] {
+        let datagram: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        client.send(&datagram).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no echo of {size} bytes"))
+            .unwrap();
+        assert_eq!(&buf[..n], &datagram[..], "{size} bytes");
+    }
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    other.connect(bound).await.unwrap();
+    other.send(b"second").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), other.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"second");
+    let text = metrics.render();
+    assert!(
+        text.contains("rpf_portforward_reverse_udp_active_flows 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rpf_portforward_reverse_udp_datagrams_total{direction=\"pod_to_local\"} 7"),
+        "{text}"
+    );
+    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,12 @@
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
-use rpf_e2e::peer;
+use std::time::Duration;
+
+use rpf_e2e::{peer, udp_peer};
+
+/// How long a UDP reply may take before the run counts it lost.
+const WAIT: Duration = Duration::from_secs(10);
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Parser)]
@@ -57,6 +62,44 @@ enum Cmd {
         connect: SocketAddr,
         #[arg(long)]
         hold: usize,
+    },
+    /// UDP echo server.
+    UdpEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// COUNT datagrams of mixed sizes up to MAX, one at a time, each echo
+    /// checked.
+    UdpSeq {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value_t = rpf_e2e::udp_peer::MAX_DATAGRAM)]
+        max: usize,
+    },
+    /// N client sockets at once, ROUNDS echoed datagrams each.
+    UdpMany {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        flows: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: u64,
+    },
+    /// Hold N echoed flows, then try one more.
+    UdpProbeLimit {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        hold: usize,
+    },
+    /// One datagram from a fresh socket: was it echoed?
+    UdpOnce {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        wait_secs: u64,
     },
     /// Just listen (to occupy a port).
     Listen {
@@ -111,6 +154,35 @@ async fn main() -> anyhow::Result<()> {
         Cmd::ProbeLimit { connect, hold } => {
             let report = peer::probe_limit(connect, hold).await;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::UdpEcho { listen } => {
+            let socket = tokio::net::UdpSocket::bind(listen).await?;
+            println!("listening {}", socket.local_addr()?);
+            udp_peer::echo_server(socket).await;
+        }
+        Cmd::UdpSeq {
+            connect,
+            count,
+            max,
+        } => {
+            let report = udp_peer::sequential(connect, count, max, WAIT, false).await;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::UdpMany {
+            connect,
+            flows,
+            rounds,
+        } => {
+            let report = udp_peer::many_flows(connect, flows, rounds, WAIT).await;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::UdpProbeLimit { connect, hold } => {
+            let report = udp_peer::probe_flow_limit(connect, hold, Duration::from_secs(2)).await;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::UdpOnce { connect, wait_secs } => {
+            let echoed = udp_peer::once(connect, Duration::from_secs(wait_secs)).await;
+            println!("{{\"echoed\":{echoed}}}");
         }
         Cmd::Listen { listen } => {
             let listener = TcpListener::bind(listen).await?;
