@@ -88,7 +88,9 @@ pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Resul
         reconnect: !args.no_reconnect,
         first_wait: args.pod_running_timeout,
     };
-    supervise(&mut source, &config, &metrics, &specs, policy, shutdown).await
+    let announce =
+        |bound: &[BoundListener], place: &str| print_forwarding(bound, &specs, &config, place);
+    supervise(&mut source, &config, &metrics, policy, &announce, shutdown).await
 }
 
 /// One forward per spec; ids are positions, so they are stable across
@@ -122,12 +124,16 @@ fn forwards(specs: &[PortSpec], args: &AttachArgs) -> Vec<Forward> {
 
 /// When to try again.
 #[derive(Debug, Clone, Copy)]
-struct Policy {
+pub struct Policy {
     /// Reopen a lost channel (otherwise exit non-zero).
-    reconnect: bool,
+    pub reconnect: bool,
     /// How long the first attempt waits for a pod that is not ready yet.
-    first_wait: Duration,
+    pub first_wait: Duration,
 }
+
+/// Tells the user where a (re)established session's listeners are bound:
+/// gets what the sidecar bound and where the session runs.
+pub type Announce<'a> = dyn Fn(&[BoundListener], &str) + Send + Sync + 'a;
 
 /// The reconnect loop. The first attempt waits (up to `first_wait`) only
 /// for a pod that is still starting, like `kubectl port-forward`; anything
@@ -135,12 +141,13 @@ struct Policy {
 /// reopened with jittered exponential backoff until Ctrl-C, unless
 /// reconnecting is off. A session the sidecar kept through the lost channel
 /// is resumed; if it is gone (grace over, another pod), a new one starts.
-async fn supervise(
+/// `announce` runs on every (re)established session.
+pub async fn supervise(
     source: &mut Source,
     config: &CliConfig,
     metrics: &Metrics,
-    specs: &[PortSpec],
     policy: Policy,
+    announce: &Announce<'_>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut established_once = false;
@@ -192,7 +199,7 @@ async fn supervise(
         } else if established_once {
             eprintln!("Reconnected to {place}");
         }
-        print_forwarding(&session.bound, specs, config, &place);
+        announce(&session.bound, &place);
         established_once = true;
         backoff = new_backoff();
         ticket = session.ticket.clone();

@@ -14,6 +14,7 @@ mod attach;
 mod channel;
 mod cluster;
 mod completion;
+mod expose;
 mod inject;
 mod spec;
 mod via;
@@ -45,6 +46,8 @@ pub fn main() -> ExitCode {
         tokio::spawn(rpf_process::cancel_on_signal(shutdown.clone()));
         match cli.command {
             Command::Attach(args) => attach::run(args, shutdown).await,
+            Command::Expose(args) => expose::run(args, shutdown).await,
+            Command::Cleanup(args) => expose::cleanup(args).await,
             Command::Inject(args) => inject::run(args),
             Command::Completion(args) => completion::run(&args),
             Command::CompleteTargets(args) => completion::run_targets(&args).await,

@@ -54,6 +54,10 @@ pub struct ClusterSource {
     namespace: String,
     target: Target,
     transport: Transport,
+    /// Whether the sidecar container must be ready before a channel is
+    /// opened; not for an `rpf expose` relay, which is ready only once a
+    /// session has bound its listeners.
+    need_ready: bool,
 }
 
 impl std::fmt::Debug for ClusterSource {
@@ -150,7 +154,20 @@ impl ClusterSource {
             namespace,
             target,
             transport,
+            need_ready: true,
         })
+    }
+
+    /// A source for one `rpf expose` relay pod: port-forward to it by
+    /// name, once its sidecar runs (its readiness waits for our session).
+    pub fn relay(client: Client, namespace: &str, pod: &str) -> Self {
+        Self {
+            client,
+            namespace: namespace.to_owned(),
+            target: Target::pod(pod),
+            transport: Transport::Portforward,
+            need_ready: false,
+        }
     }
 
     /// A source for an existing client (the live tests).
@@ -166,6 +183,7 @@ impl ClusterSource {
             namespace: namespace.to_owned(),
             target,
             transport,
+            need_ready: true,
         }
     }
 
@@ -242,7 +260,10 @@ impl ClusterSource {
 
     async fn resolve(&self) -> Result<Pod, ClusterError> {
         let pod = resolve::resolve(&self.client, &self.target, &self.namespace).await?;
-        preflight::check_pod(&pod)?;
+        match self.need_ready {
+            true => preflight::check_pod(&pod)?,
+            false => preflight::check_pod_started(&pod)?,
+        }
         Ok(pod)
     }
 
@@ -281,7 +302,8 @@ impl ClusterSource {
                     Permission::new("get", self.needed()),
                 ];
                 let missing =
-                    rbac::missing_permissions(&self.client, &self.namespace, pod, &wanted).await;
+                    rbac::missing_permissions(&self.client, &self.namespace, Some(pod), &wanted)
+                        .await;
                 let missing = match missing {
                     Some(m) if !m.is_empty() => m,
                     // The review could not tell: name what the transport needs.
