@@ -87,6 +87,7 @@ pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Resul
     let policy = Policy {
         reconnect: !args.no_reconnect,
         first_wait: args.pod_running_timeout,
+        wait_for_ports: false,
     };
     let announce =
         |bound: &[BoundListener], place: &str| print_forwarding(bound, &specs, &config, place);
@@ -129,6 +130,11 @@ pub struct Policy {
     pub reconnect: bool,
     /// How long the first attempt waits for a pod that is not ready yet.
     pub first_wait: Duration,
+    /// Whether the first attempt also waits (up to `first_wait`) for ports
+    /// in use: right for an `rpf expose` relay, whose ports only a session
+    /// of an earlier, killed rpf can hold; wrong for `rpf attach`, where a
+    /// port in use is usually the user's mistake.
+    pub wait_for_ports: bool,
 }
 
 /// Tells the user where a (re)established session's listeners are bound:
@@ -172,6 +178,29 @@ pub async fn supervise(
                     .unwrap_or(Duration::from_secs(5))
                     .min(Duration::from_secs(5));
                 warn!("waiting for {}: {:#}", source.describe(), e.error);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return release(source, config, metrics, ticket).await,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+            Err(Failure::Session(
+                SessionError::BindFailed {
+                    addr,
+                    kind: BindErrorKind::InUse,
+                    ..
+                },
+                place,
+            )) if policy.wait_for_ports
+                && !established_once
+                && std::time::Instant::now() < first_deadline =>
+            {
+                let delay = backoff
+                    .next()
+                    .unwrap_or(Duration::from_secs(5))
+                    .min(Duration::from_secs(5));
+                warn!("waiting for port {} in {place} to be free: a session of an rpf that is gone may still hold it until the sidecar notices (within {}s)",
+                    addr.port(),
+                    (rpf_proto::tuning::KEEPALIVE_INTERVAL + rpf_proto::tuning::KEEPALIVE_TIMEOUT).as_secs());
                 tokio::select! {
                     _ = shutdown.cancelled() => return release(source, config, metrics, ticket).await,
                     _ = tokio::time::sleep(delay) => continue,

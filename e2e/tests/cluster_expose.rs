@@ -70,6 +70,8 @@ struct Expose {
     child: Kill,
     lines: Receiver<String>,
     seen: Vec<String>,
+    /// Lines no `wait_line` has returned yet.
+    pending: Vec<String>,
 }
 
 impl Expose {
@@ -102,20 +104,26 @@ impl Expose {
             child: Kill(child),
             lines,
             seen: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
-    /// Waits for a line starting with `prefix`; returns the rest.
+    /// Waits for a line starting with `prefix` that no earlier call
+    /// returned (lines arrive in any order); returns the rest.
     fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        if let Some(i) = self.pending.iter().position(|l| l.starts_with(prefix)) {
+            let line = self.pending.remove(i);
+            return line[prefix.len()..].to_owned();
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let rest = line.strip_prefix(prefix).map(str::to_owned);
-                    self.seen.push(line);
-                    if let Some(rest) = rest {
-                        return rest;
+                    self.seen.push(line.clone());
+                    match line.strip_prefix(prefix) {
+                        Some(rest) => return rest.to_owned(),
+                        None => self.pending.push(line),
                     }
                 }
                 Err(_) => panic!(
@@ -136,11 +144,11 @@ impl Expose {
             .status()
             .unwrap()
             .success());
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let deadline = Instant::now() + Duration::from_secs(150);
         while self.child.0.try_wait().unwrap().is_none() {
             assert!(
                 Instant::now() < deadline,
-                "rpf expose did not exit within 90s of Ctrl-C"
+                "rpf expose did not exit within 150s of Ctrl-C"
             );
             thread::sleep(Duration::from_millis(200));
         }
@@ -186,7 +194,7 @@ fn python_server(dir: &Path, body: &str) -> (Kill, u16) {
 /// `wget` from the client pod.
 fn wget(kubectl: &Kubectl, ns: &str, url: &str) -> Result<String, String> {
     kubectl.try_run([
-        "-n", ns, "exec", "client", "--", "wget", "-qO-", "-T", "5", url,
+        "-n", ns, "exec", "client", "--", "timeout", "5", "wget", "-qO-", url,
     ])
 }
 
@@ -382,7 +390,7 @@ fn cluster_expose() {
     let looped = 40;
     let script = format!(
         "ok=0; fail=0; i=0; while [ $i -lt {looped} ]; do \
-           if wget -qO- -T 5 {url} | grep -q '{suffix}'; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
+           if timeout 5 wget -qO- {url} | grep -q '{suffix}'; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
            i=$((i+1)); sleep 0.5; done; echo ok=$ok fail=$fail"
     );
     let client_loop = kubectl

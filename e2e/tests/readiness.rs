@@ -184,7 +184,7 @@ fn sigterm_turns_unready_but_keeps_serving_for_the_drain() {
     );
     // After the drain the sidecar ends the session and exits.
     assert!(
-        attach.wait_stderr("the sidecar is shutting down", Duration::from_secs(15)),
+        attach.wait_stderr("Lost connection", Duration::from_secs(15)),
         "{}",
         attach.stderr()
     );

@@ -82,14 +82,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { drain, .. } => *drain,
         Command::Stdio => Duration::ZERO,
     };
-    // Stop `drain` after the signal; meanwhile the readiness endpoint says
-    // "draining".
+    let config = rpf_sidecar::config_from_env();
+    // Stop `drain` after the signal (at once if no session serves);
+    // meanwhile the readiness endpoint says "draining".
     let shutdown = CancellationToken::new();
     {
         let (signalled, shutdown) = (signalled.clone(), shutdown.clone());
+        let readiness = config.readiness.clone();
         tokio::spawn(async move {
             signalled.cancelled().await;
-            if !drain.is_zero() {
+            if !drain.is_zero() && readiness.is_ready() {
                 info!("draining for {drain:?} before closing the sessions");
                 tokio::time::sleep(drain).await;
             }
@@ -107,7 +109,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!("metrics on http://{bound}/metrics");
     }
-    let config = rpf_sidecar::config_from_env();
     match cli.command {
         Command::Serve {
             control_addr,

@@ -197,7 +197,7 @@ impl ClusterSource {
     /// present and ready, RBAC) and opens a channel with the chosen
     /// transport.
     pub async fn open(&mut self) -> Result<Channel, OpenError> {
-        let pod = tokio::time::timeout(API_TIMEOUT, self.resolve())
+        let resolved = tokio::time::timeout(API_TIMEOUT, self.resolve())
             .await
             .map_err(|_| {
                 ClusterError::Unreachable(format!(
@@ -205,7 +205,15 @@ impl ClusterSource {
                     API_TIMEOUT.as_secs(),
                     self.describe()
                 ))
-            })??;
+            })?;
+        let pod = match resolved {
+            // A relay being deleted never comes back; `rpf expose` attaches
+            // to its replacement instead.
+            Err(e @ ClusterError::Terminating { .. }) if !self.need_ready => {
+                return Err(OpenError::fatal(e))
+            }
+            other => other?,
+        };
         let name = pod.metadata.name.clone().unwrap_or_default();
         tracing::debug!(pod = %name, namespace = %self.namespace, transport = ?self.transport, "opening channel");
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);

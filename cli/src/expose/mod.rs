@@ -140,6 +140,10 @@ pub async fn run(args: ExposeArgs, shutdown: CancellationToken) -> anyhow::Resul
         Err(e) => Err(e),
     };
     // Whatever happened, leave nothing behind.
+    println!(
+        "Removing service/{} and its relays from namespace {namespace}",
+        expose.name
+    );
     let removed = remove::expose(&client, &namespace, Some(&expose.name))
         .await
         .context("cannot remove what rpf expose created; run `rpf expose --delete` again");

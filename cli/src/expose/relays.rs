@@ -221,6 +221,7 @@ fn spawn(
         let policy = Policy {
             reconnect: true,
             first_wait: Duration::from_secs(30),
+            wait_for_ports: true,
         };
         supervise(&mut source, &config, &metrics, policy, &announce, token).await
     });

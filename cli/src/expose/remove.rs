@@ -13,8 +13,11 @@ use rpf_proto::expose::{EXPOSE_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use super::apply::gateway_api;
 use crate::cluster::error::{api_message, classify, ApiFailure};
 
-/// How long to wait for relay pods to stop after their Deployment is gone.
-const PODS_GONE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for relay pods to be gone after their Deployment is
+/// deleted. The relays exit at once, but a busy kubelet can take half a
+/// minute to report that, and until then `kubectl get pods` still lists
+/// them. A second Ctrl-C stops waiting.
+const PODS_GONE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The label selector of the expose `name`, or of every expose.
 pub fn selector(name: Option<&str>) -> String {
@@ -92,6 +95,7 @@ pub async fn expose(
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let deadline = tokio::time::Instant::now() + PODS_GONE_TIMEOUT;
+    let mut told = false;
     let left = loop {
         let left = pods
             .list(&list)
@@ -101,6 +105,10 @@ pub async fn expose(
             .len();
         if left == 0 || tokio::time::Instant::now() >= deadline {
             break left;
+        }
+        if !told {
+            println!("Waiting for {left} relay pod(s) to be gone");
+            told = true;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
