@@ -31,6 +31,12 @@ pub struct Cli {
 pub enum Command {
     /// Forward ports in a pod back to this machine.
     Attach(AttachArgs),
+    /// Expose a service on this machine as a Kubernetes Service for other
+    /// pods (relay pods in the cluster, removed again on exit).
+    Expose(ExposeArgs),
+    /// Remove every `rpf expose` leftover (relays, Services, routes) in a
+    /// namespace, e.g. after `rpf expose` was killed with -9.
+    Cleanup(CleanupArgs),
     /// Add the rpf sidecar to opted-in pods and workloads in YAML manifests.
     Inject(InjectArgs),
     /// Print the versions of rpf and of what runs in the cluster.
@@ -130,6 +136,98 @@ fn parse_idle(s: &str) -> Result<std::time::Duration, String> {
         d if d.is_zero() => Err("must be more than zero".into()),
         d => Ok(d),
     }
+}
+
+/// Which cluster and namespace, as kubectl's flags name them.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterFlags {
+    /// Namespace to work in (default: the context's namespace).
+    #[arg(short, long, env = "RPF_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl ClusterFlags {
+    /// The cluster flags, for the cluster module.
+    pub fn options(&self) -> ClusterOptions {
+        ClusterOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
+/// `rpf expose`.
+#[derive(Debug, Args)]
+#[command(
+    override_usage = "rpf expose [OPTIONS] svc/NAME PORT[:[HOST:]LOCAL]...\n       rpf expose --delete NAME [-n NS]",
+    after_help = "PORT is the Service port other pods use; HOST:LOCAL what rpf dials on this machine\n\
+(default localhost:PORT). Other pods reach NAME.NS.svc.cluster.local:PORT while rpf runs;\n\
+Ctrl-C removes everything rpf created. After kill -9: `rpf expose --delete NAME` or `rpf cleanup`.\n\n\
+Examples:\n  rpf expose svc/api 80:8000\n  rpf expose svc/db 5432 -n dev --allow 10.244.0.0/16\n  \
+rpf expose svc/web 80:3000 --gateway infra/public --hostname web.example.com"
+)]
+pub struct ExposeArgs {
+    /// svc/NAME then PORT[:[HOST:]LOCAL]...
+    #[arg(value_name = "svc/NAME PORT", num_args = 0.., required_unless_present = "delete")]
+    pub args: Vec<String>,
+    /// Remove what `rpf expose svc/NAME` created (after it was killed).
+    #[arg(long, value_name = "NAME", conflicts_with = "args")]
+    pub delete: Option<String>,
+    /// Which cluster and namespace.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+    /// Relay pods: the Service keeps working while one of them is replaced.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub replicas: u16,
+    /// Accept connections only from these peers (CIDR), repeatable.
+    /// Enforced by the relay, the only place that sees the true peer
+    /// address; through a Gateway the peer is the Gateway's proxy.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<IpNet>,
+    /// Concurrent connections allowed per port on each relay.
+    #[arg(long, value_name = "N", default_value_t = EXPOSE_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
+    /// Also route a Gateway to the Service: `[NS/]NAME` (an HTTPRoute with
+    /// --hostname, else a TCPRoute).
+    #[arg(long, value_name = "[NS/]NAME")]
+    pub gateway: Option<String>,
+    /// Host name of the HTTPRoute (makes the route an HTTPRoute).
+    #[arg(long, value_name = "HOST", requires = "gateway")]
+    pub hostname: Option<String>,
+    /// Listener of the Gateway to attach to (`sectionName`).
+    #[arg(long, value_name = "SECTION", requires = "gateway")]
+    pub listener: Option<String>,
+    /// Image of the relay pods (the rpf sidecar image).
+    #[arg(long, env = "RPF_SIDECAR_IMAGE", value_name = "IMAGE",
+          default_value = rpf_proto::DEFAULT_SIDECAR_IMAGE)]
+    pub image: String,
+    /// Image pull policy of the relay pods (Always, IfNotPresent, Never).
+    #[arg(long, value_name = "POLICY")]
+    pub image_pull_policy: Option<String>,
+    /// How long to wait for the first relay pod to run, e.g. 30s, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub pod_running_timeout: std::time::Duration,
+}
+
+/// Connections per port and relay unless `--max-connections`: a Service is
+/// shared by many pods, so more than `rpf attach`'s 10, still bounded.
+pub const EXPOSE_MAX_CONNECTIONS: u32 = 100;
+
+/// `rpf cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Which cluster and namespace.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
 }
 
 /// `rpf inject`.

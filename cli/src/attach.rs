@@ -87,8 +87,11 @@ pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Resul
     let policy = Policy {
         reconnect: !args.no_reconnect,
         first_wait: args.pod_running_timeout,
+        wait_for_ports: false,
     };
-    supervise(&mut source, &config, &metrics, &specs, policy, shutdown).await
+    let announce =
+        |bound: &[BoundListener], place: &str| print_forwarding(bound, &specs, &config, place);
+    supervise(&mut source, &config, &metrics, policy, &announce, shutdown).await
 }
 
 /// One forward per spec; ids are positions, so they are stable across
@@ -124,12 +127,21 @@ fn forwards(specs: &[PortSpec], args: &AttachArgs) -> Vec<Forward> {
 
 /// When to try again.
 #[derive(Debug, Clone, Copy)]
-struct Policy {
+pub struct Policy {
     /// Reopen a lost channel (otherwise exit non-zero).
-    reconnect: bool,
+    pub reconnect: bool,
     /// How long the first attempt waits for a pod that is not ready yet.
-    first_wait: Duration,
+    pub first_wait: Duration,
+    /// Whether the first attempt also waits (up to `first_wait`) for ports
+    /// in use: right for an `rpf expose` relay, whose ports only a session
+    /// of an earlier, killed rpf can hold; wrong for `rpf attach`, where a
+    /// port in use is usually the user's mistake.
+    pub wait_for_ports: bool,
 }
+
+/// Tells the user where a (re)established session's listeners are bound:
+/// gets what the sidecar bound and where the session runs.
+pub type Announce<'a> = dyn Fn(&[BoundListener], &str) + Send + Sync + 'a;
 
 /// The reconnect loop. The first attempt waits (up to `first_wait`) only
 /// for a pod that is still starting, like `kubectl port-forward`; anything
@@ -137,12 +149,13 @@ struct Policy {
 /// reopened with jittered exponential backoff until Ctrl-C, unless
 /// reconnecting is off. A session the sidecar kept through the lost channel
 /// is resumed; if it is gone (grace over, another pod), a new one starts.
-async fn supervise(
+/// `announce` runs on every (re)established session.
+pub async fn supervise(
     source: &mut Source,
     config: &CliConfig,
     metrics: &Metrics,
-    specs: &[PortSpec],
     policy: Policy,
+    announce: &Announce<'_>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut established_once = false;
@@ -172,6 +185,29 @@ async fn supervise(
                     _ = tokio::time::sleep(delay) => continue,
                 }
             }
+            Err(Failure::Session(
+                SessionError::BindFailed {
+                    addr,
+                    kind: BindErrorKind::InUse,
+                    ..
+                },
+                place,
+            )) if policy.wait_for_ports
+                && !established_once
+                && std::time::Instant::now() < first_deadline =>
+            {
+                let delay = backoff
+                    .next()
+                    .unwrap_or(Duration::from_secs(5))
+                    .min(Duration::from_secs(5));
+                warn!("waiting for port {} in {place} to be free: a session of an rpf that is gone may still hold it until the sidecar notices (within {}s)",
+                    addr.port(),
+                    (rpf_proto::tuning::KEEPALIVE_INTERVAL + rpf_proto::tuning::KEEPALIVE_TIMEOUT).as_secs());
+                tokio::select! {
+                    _ = shutdown.cancelled() => return release(source, config, metrics, ticket).await,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
             Err(failure) if !established_once || !failure.retryable() => {
                 return Err(failure.into_error())
             }
@@ -194,7 +230,7 @@ async fn supervise(
         } else if established_once {
             eprintln!("Reconnected to {place}");
         }
-        print_forwarding(&session.bound, specs, config, &place);
+        announce(&session.bound, &place);
         established_once = true;
         backoff = new_backoff();
         ticket = session.ticket.clone();

@@ -15,6 +15,7 @@ mod attach;
 mod channel;
 mod cluster;
 mod completion;
+mod expose;
 mod inject;
 mod spec;
 mod version;
@@ -44,6 +45,8 @@ pub fn main() -> ExitCode {
         tokio::spawn(rpf_process::cancel_on_signal(shutdown.clone()));
         match cli.command {
             Command::Attach(args) => attach::run(args, shutdown).await,
+            Command::Expose(args) => expose::run(args, shutdown).await,
+            Command::Cleanup(args) => expose::cleanup(args).await,
             Command::Inject(args) => inject::run(args),
             Command::Version(args) => version::run(&args).await,
             Command::Completion(args) => completion::run(&args),

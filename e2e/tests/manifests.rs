@@ -80,6 +80,11 @@ const CASES: &[Case] = &[
         min_version: None,
     },
     Case {
+        path: "manifests/examples/expose-role.yaml",
+        no_schema: &[],
+        min_version: None,
+    },
+    Case {
         path: "manifests/examples/demo.yaml",
         no_schema: &[],
         min_version: None,

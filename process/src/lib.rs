@@ -5,7 +5,8 @@
 //! ([`init_logging`]), Ctrl-C and SIGTERM ([`cancel_on_signal`]), the
 //! open-file limit ([`raise_fd_limit`]), accepting with a back-off when
 //! the process runs out of descriptors ([`accept`]), the Prometheus
-//! endpoint ([`spawn_metrics_endpoint`]) and error chains for logs
+//! endpoint ([`spawn_metrics_endpoint`]), the readiness endpoint
+//! ([`spawn_ready_endpoint`]) and error chains for logs
 //! ([`error_chain`]). Small on purpose: the sidecar links it, so nothing
 //! here pulls TLS or a Kubernetes client unless a feature asks for it
 //! (`tls` adds [`install_crypto_provider`]).
@@ -13,11 +14,13 @@
 mod accept;
 mod log;
 mod metrics;
+mod ready;
 mod signal;
 
 pub use accept::accept;
 pub use log::{init_logging, LogStyle, PEER_NOISE_FILTER};
 pub use metrics::spawn_metrics_endpoint;
+pub use ready::{spawn_ready_endpoint, READY_PATH};
 pub use signal::cancel_on_signal;
 
 /// Raises this process's open-file soft limit to its hard limit, as Go

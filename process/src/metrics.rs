@@ -31,24 +31,36 @@ where
 {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(serve(listener, Arc::new(render), shutdown));
+    let answer = move |path: &str| answer(path, &render);
+    tokio::spawn(serve_get(
+        listener,
+        Arc::new(answer),
+        shutdown,
+        "the metrics endpoint",
+    ));
     Ok(bound)
 }
 
-async fn serve<F>(listener: TcpListener, render: Arc<F>, shutdown: CancellationToken)
-where
-    F: Fn() -> String + Send + Sync + 'static,
+/// Serves plain HTTP/1 on `listener` until `shutdown`, answering every
+/// request with what `answer` returns for its path.
+pub(crate) async fn serve_get<A>(
+    listener: TcpListener,
+    answer: Arc<A>,
+    shutdown: CancellationToken,
+    what: &'static str,
+) where
+    A: Fn(&str) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
     loop {
         let (tcp, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = crate::accept(&listener, "the metrics endpoint") => accepted,
+            accepted = crate::accept(&listener, what) => accepted,
         };
-        let render = render.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let render = render.clone();
-                async move { Ok::<_, Infallible>(answer(req.uri().path(), &*render)) }
+                let answer = answer.clone();
+                async move { Ok::<_, Infallible>(answer(req.uri().path())) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)

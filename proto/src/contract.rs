@@ -65,6 +65,28 @@ pub mod features {
     pub const UDP: &str = "udp";
 }
 
+/// Names and numbers of `rpf expose`: the relay Deployment and Service it
+/// creates, and how to recognise them later (`rpf cleanup`, adoption).
+pub mod expose {
+    /// Label every object rpf creates carries (the Kubernetes convention).
+    pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+    /// Value of [`MANAGED_BY_LABEL`]; also the server-side apply field manager.
+    pub const MANAGED_BY: &str = "rpf";
+    /// Label naming the expose (the Service name) an object belongs to.
+    pub const EXPOSE_LABEL: &str = "rpf.dev/expose";
+    /// `app.kubernetes.io/name` of the relay pods.
+    pub const RELAY_APP_NAME: &str = "rpf-relay";
+    /// Prefix of the relay Deployment's name: `rpf-relay-NAME`.
+    pub const RELAY_PREFIX: &str = "rpf-relay-";
+    /// Port of the relay sidecar's readiness endpoint (`GET /ready`).
+    pub const READY_PORT: u16 = 4498;
+    /// The relay binds the Service's n-th port (from 0) on this plus n: high,
+    /// so a non-root relay can bind it whatever the Service port is.
+    pub const FIRST_RELAY_PORT: u16 = 10000;
+    /// Most ports one expose may have (keeps relay ports below 10100).
+    pub const MAX_PORTS: usize = 100;
+}
+
 /// Pod annotations understood by rpf.
 pub mod annotations {
     /// `"true"` opts a pod into sidecar injection.

@@ -40,6 +40,7 @@ pub fn config_from_env() -> SidecarConfig {
         pod,
         hostname,
         keepalive: Keepalive::default(),
+        readiness: Default::default(),
     }
 }
 

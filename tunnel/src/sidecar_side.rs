@@ -56,6 +56,28 @@ pub struct SidecarConfig {
     pub hostname: Option<String>,
     /// PING interval and timeout.
     pub keepalive: Keepalive,
+    /// Counts sessions that serve right now, for a readiness probe.
+    pub readiness: Readiness,
+}
+
+/// How many sessions have their listeners bound *and* a channel to the CLI
+/// attached: the sidecar of an `rpf expose` relay is ready for traffic only
+/// then. A session parked in its grace period does not count: its
+/// connections would wait for a CLI that may not come back, while another
+/// relay with a live CLI can serve them at once.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Readiness {
+    /// Sessions serving now.
+    pub fn serving(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Whether at least one session serves.
+    pub fn is_ready(&self) -> bool {
+        self.serving() > 0
+    }
 }
 
 /// How a session (or, for a resumable one, its channel) ended without error.
@@ -337,7 +359,7 @@ where
                             Some(_) => Duration::from_millis(grace_ms).min(MAX_GRACE),
                             None => Duration::ZERO,
                         };
-                        let core = Core::new(grace, metrics, shutdown);
+                        let core = Core::new(grace, metrics, shutdown, &config.readiness);
                         core.attach(&link);
                         core
                     });
@@ -358,6 +380,7 @@ where
                                 }
                             }
                             core.bound.lock().expect("lock").extend(report.iter().cloned());
+                            core.set_serving(true);
                             Message::Bound { listeners: report, session: core.ticket() }
                         }
                         Err(failed) => failed,
@@ -375,6 +398,7 @@ where
                         (Some(sessions), false) => match sessions.take(&token) {
                             Some(found) => {
                                 found.attach(&link);
+                                found.set_serving(true);
                                 info!("session resumed; its listeners never closed");
                                 let reply = Message::Resumed {
                                     listeners: found.bound.lock().expect("lock").clone(),
@@ -428,6 +452,9 @@ struct Core {
     link: watch::Sender<Option<Link>>,
     /// What `Bound` reported, repeated in `Resumed`.
     bound: Mutex<Vec<BoundListener>>,
+    /// Whether this session counts in `readiness`.
+    serving: std::sync::atomic::AtomicBool,
+    readiness: Readiness,
     _gauge: GaugeGuard,
 }
 
@@ -441,7 +468,12 @@ struct Link {
 }
 
 impl Core {
-    fn new(grace: Duration, metrics: &Metrics, shutdown: &CancellationToken) -> Arc<Self> {
+    fn new(
+        grace: Duration,
+        metrics: &Metrics,
+        shutdown: &CancellationToken,
+        readiness: &Readiness,
+    ) -> Arc<Self> {
         let token = if grace.is_zero() { None } else { new_token() };
         metrics.sessions_active.inc();
         metrics.sessions_total.inc();
@@ -453,8 +485,23 @@ impl Core {
             accept_tasks: TaskTracker::new(),
             link: watch::Sender::new(None),
             bound: Mutex::new(Vec::new()),
+            serving: std::sync::atomic::AtomicBool::new(false),
+            readiness: readiness.clone(),
             _gauge: GaugeGuard(metrics.sessions_active.clone()),
         })
+    }
+
+    /// Counts this session in [`Readiness`] while it has listeners bound
+    /// and a channel attached; idempotent.
+    fn set_serving(&self, serving: bool) {
+        let serving = serving && !self.bound.lock().expect("lock").is_empty();
+        if self.serving.swap(serving, Ordering::SeqCst) != serving {
+            if serving {
+                self.readiness.0.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.readiness.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 
     fn ticket(&self) -> Option<SessionTicket> {
@@ -471,6 +518,7 @@ impl Core {
 
     /// The channel is gone: its connections are reset, new ones wait.
     fn detach(&self) {
+        self.set_serving(false);
         if let Some(link) = self.link.send_replace(None) {
             link.channel.cancel();
         }
@@ -500,6 +548,12 @@ impl Core {
         if let Some(link) = self.link.borrow().as_ref() {
             let _ = link.events.send(msg);
         }
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.set_serving(false);
     }
 }
 

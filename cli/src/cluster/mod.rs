@@ -54,6 +54,10 @@ pub struct ClusterSource {
     namespace: String,
     target: Target,
     transport: Transport,
+    /// Whether the sidecar container must be ready before a channel is
+    /// opened; not for an `rpf expose` relay, which is ready only once a
+    /// session has bound its listeners.
+    need_ready: bool,
 }
 
 impl std::fmt::Debug for ClusterSource {
@@ -150,7 +154,20 @@ impl ClusterSource {
             namespace,
             target,
             transport,
+            need_ready: true,
         })
+    }
+
+    /// A source for one `rpf expose` relay pod: port-forward to it by
+    /// name, once its sidecar runs (its readiness waits for our session).
+    pub fn relay(client: Client, namespace: &str, pod: &str) -> Self {
+        Self {
+            client,
+            namespace: namespace.to_owned(),
+            target: Target::pod(pod),
+            transport: Transport::Portforward,
+            need_ready: false,
+        }
     }
 
     /// A source for an existing client (the live tests).
@@ -166,6 +183,7 @@ impl ClusterSource {
             namespace: namespace.to_owned(),
             target,
             transport,
+            need_ready: true,
         }
     }
 
@@ -179,7 +197,7 @@ impl ClusterSource {
     /// present and ready, RBAC) and opens a channel with the chosen
     /// transport.
     pub async fn open(&mut self) -> Result<Channel, OpenError> {
-        let pod = tokio::time::timeout(API_TIMEOUT, self.resolve())
+        let resolved = tokio::time::timeout(API_TIMEOUT, self.resolve())
             .await
             .map_err(|_| {
                 ClusterError::Unreachable(format!(
@@ -187,7 +205,15 @@ impl ClusterSource {
                     API_TIMEOUT.as_secs(),
                     self.describe()
                 ))
-            })??;
+            })?;
+        let pod = match resolved {
+            // A relay being deleted never comes back; `rpf expose` attaches
+            // to its replacement instead.
+            Err(e @ ClusterError::Terminating { .. }) if !self.need_ready => {
+                return Err(OpenError::fatal(e))
+            }
+            other => other?,
+        };
         let name = pod.metadata.name.clone().unwrap_or_default();
         tracing::debug!(pod = %name, namespace = %self.namespace, transport = ?self.transport, "opening channel");
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
@@ -242,7 +268,10 @@ impl ClusterSource {
 
     async fn resolve(&self) -> Result<Pod, ClusterError> {
         let pod = resolve::resolve(&self.client, &self.target, &self.namespace).await?;
-        preflight::check_pod(&pod)?;
+        match self.need_ready {
+            true => preflight::check_pod(&pod)?,
+            false => preflight::check_pod_started(&pod)?,
+        }
         Ok(pod)
     }
 
@@ -281,7 +310,8 @@ impl ClusterSource {
                     Permission::new("get", self.needed()),
                 ];
                 let missing =
-                    rbac::missing_permissions(&self.client, &self.namespace, pod, &wanted).await;
+                    rbac::missing_permissions(&self.client, &self.namespace, Some(pod), &wanted)
+                        .await;
                 let missing = match missing {
                     Some(m) if !m.is_empty() => m,
                     // The review could not tell: name what the transport needs.

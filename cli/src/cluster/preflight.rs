@@ -74,6 +74,36 @@ fn describe_state(status: Option<&ContainerStatus>) -> String {
 /// Checks that the pod can take a channel now: running, not being deleted,
 /// sidecar container ready.
 pub fn check_pod(pod: &Pod) -> Result<(), ClusterError> {
+    check_running(pod)?;
+    let sidecar = sidecar_status(pod);
+    if !sidecar.is_some_and(|s| s.ready) {
+        return Err(ClusterError::SidecarNotReady {
+            pod: pod_ref(pod),
+            state: describe_state(sidecar),
+        });
+    }
+    Ok(())
+}
+
+/// As [`check_pod`], but the sidecar container need only be running, not
+/// ready: an `rpf expose` relay becomes ready once a session is bound.
+pub fn check_pod_started(pod: &Pod) -> Result<(), ClusterError> {
+    check_running(pod)?;
+    let sidecar = sidecar_status(pod);
+    let running = sidecar
+        .and_then(|s| s.state.as_ref())
+        .is_some_and(|s| s.running.is_some());
+    if !running {
+        return Err(ClusterError::SidecarNotReady {
+            pod: pod_ref(pod),
+            state: describe_state(sidecar),
+        });
+    }
+    Ok(())
+}
+
+/// Running, with the sidecar, and not being deleted.
+fn check_running(pod: &Pod) -> Result<(), ClusterError> {
     let pod_ref = pod_ref(pod);
     if !has_sidecar(pod) {
         return Err(ClusterError::NoSidecar {
@@ -100,13 +130,6 @@ pub fn check_pod(pod: &Pod) -> Result<(), ClusterError> {
             retryable: matches!(phase.as_str(), "Pending" | "Unknown"),
             phase,
             detail,
-        });
-    }
-    let sidecar = sidecar_status(pod);
-    if !sidecar.is_some_and(|s| s.ready) {
-        return Err(ClusterError::SidecarNotReady {
-            pod: pod_ref,
-            state: describe_state(sidecar),
         });
     }
     Ok(())

@@ -43,30 +43,43 @@ pub(super) fn join_permissions(missing: &[Permission]) -> String {
         .join(", ")
 }
 
+impl Permission {
+    /// `(resource, subresource, group)` from kubectl's spelling:
+    /// `pods/portforward` → `(pods, portforward, "")`,
+    /// `deployments.apps` → `(deployments, None, apps)`.
+    fn attributes(&self) -> (String, Option<String>, String) {
+        let (resource, subresource) = match self.resource.split_once('/') {
+            Some((r, s)) => (r, Some(s.to_owned())),
+            None => (self.resource.as_str(), None),
+        };
+        let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
+        (resource.to_owned(), subresource, group.to_owned())
+    }
+}
+
 /// Asks the API server (SelfSubjectAccessReview) which of `wanted` the
-/// current user lacks on pod `name`. `None` when the question itself
-/// could not be answered.
+/// current user lacks in `namespace`, on the object `name` or (without a
+/// name) on any object. `None` when the question itself could not be
+/// answered.
 pub async fn missing_permissions(
     client: &Client,
     namespace: &str,
-    name: &str,
+    name: Option<&str>,
     wanted: &[Permission],
 ) -> Option<Vec<Permission>> {
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut missing = Vec::new();
     for permission in wanted {
-        let (resource, subresource) = match permission.resource.split_once('/') {
-            Some((r, s)) => (r.to_owned(), Some(s.to_owned())),
-            None => (permission.resource.clone(), None),
-        };
+        let (resource, subresource, group) = permission.attributes();
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(namespace.to_owned()),
                     verb: Some(permission.verb.clone()),
+                    group: Some(group),
                     resource: Some(resource),
                     subresource,
-                    name: Some(name.to_owned()),
+                    name: name.map(str::to_owned),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -86,4 +99,31 @@ pub async fn missing_permissions(
         }
     }
     Some(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_spelling_splits_into_review_attributes() {
+        let attrs = |r| Permission::new("get", r).attributes();
+        assert_eq!(attrs("pods"), ("pods".into(), None, String::new()));
+        assert_eq!(
+            attrs("pods/portforward"),
+            ("pods".into(), Some("portforward".into()), String::new())
+        );
+        assert_eq!(
+            attrs("deployments.apps"),
+            ("deployments".into(), None, "apps".into())
+        );
+        assert_eq!(
+            attrs("httproutes.gateway.networking.k8s.io"),
+            (
+                "httproutes".into(),
+                None,
+                "gateway.networking.k8s.io".into()
+            )
+        );
+    }
 }

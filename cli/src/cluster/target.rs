@@ -82,6 +82,14 @@ pub struct Target {
 }
 
 impl Target {
+    /// The pod `name`.
+    pub fn pod(name: &str) -> Self {
+        Self {
+            kind: Kind::Pod,
+            name: name.to_owned(),
+        }
+    }
+
     /// Parses `NAME` or `KIND/NAME` as `kubectl port-forward` accepts it.
     pub fn parse(text: &str) -> Result<Self, InvalidTarget> {
         let bad = |reason: &str| InvalidTarget {

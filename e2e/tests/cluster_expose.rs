@@ -1,0 +1,502 @@
+//! `rpf expose` against a real cluster: a web server on this machine
+//! (`python3 -m http.server`) becomes a Service that a pod in ANOTHER
+//! namespace reaches through its ClusterIP; deleting one relay pod while
+//! that pod keeps requesting loses no request; Ctrl-C leaves nothing
+//! behind; after `kill -9`, `rpf cleanup` removes the rest; and a Service
+//! rpf did not create is never taken over.
+//!
+//! ```sh
+//! RPF_E2E_KUBECONFIG=~/.kube/config cargo test -p rpf-e2e --test cluster_expose -- --ignored --nocapture
+//! ```
+//!
+//! Environment: as `cluster_attach` (`RPF_E2E_KUBECONFIG`, `RPF_E2E_KUBECTL`,
+//! `RPF_E2E_LOAD_IMAGE`, `RPF_E2E_IMAGE_TAG`, `RPF_E2E_CLIENT_IMAGE`,
+//! `RPF_E2E_SKIP_BUILD`, `RPF_E2E_RPF`, `RPF_E2E_KEEP`). It creates two
+//! namespaces, `expose-e2e-*` and `expose-e2e-client-*`, deleted at the end
+//! (also on failure).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rpf_e2e::cluster::{
+    build_and_load, env_or, images_env, rpf_binary, wait_for, with_tag, Kubectl,
+};
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[cluster_expose] {}", msg.as_ref());
+}
+
+/// Deletes the test namespaces when dropped (also when the test panics).
+struct Namespaces {
+    kubectl: Kubectl,
+    names: Vec<String>,
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        if std::env::var_os("RPF_E2E_KEEP").is_some() {
+            log(format!("keeping namespaces {:?}", self.names));
+            return;
+        }
+        for name in &self.names {
+            log(format!("cleanup: deleting namespace {name}"));
+            let _ = self.kubectl.try_run([
+                "delete",
+                "namespace",
+                name,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+        }
+    }
+}
+
+/// A child process killed when dropped.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `rpf expose`, its output arriving line by line.
+struct Expose {
+    child: Kill,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    /// Lines no `wait_line` has returned yet.
+    pending: Vec<String>,
+}
+
+impl Expose {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        for (tag, stream) in [
+            (
+                "stdout",
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            ),
+            ("stderr", Box::new(child.stderr.take().unwrap())),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("    rpf {tag}: {line}");
+                    if tx.send(format!("{tag}: {line}")).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Expose {
+            child: Kill(child),
+            lines,
+            seen: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Waits for a line starting with `prefix` that no earlier call
+    /// returned (lines arrive in any order); returns the rest.
+    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        if let Some(i) = self.pending.iter().position(|l| l.starts_with(prefix)) {
+            let line = self.pending.remove(i);
+            return line[prefix.len()..].to_owned();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    match line.strip_prefix(prefix) {
+                        Some(rest) => return rest.to_owned(),
+                        None => self.pending.push(line),
+                    }
+                }
+                Err(_) => panic!(
+                    "rpf expose: no line starting {prefix:?} within {timeout:?} (exit: {:?}); output so far:\n{}",
+                    self.child.0.try_wait(),
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit; returns the rest of
+    /// the output.
+    fn interrupt(&mut self) -> String {
+        let pid = self.child.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(150);
+        while self.child.0.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "rpf expose did not exit within 150s of Ctrl-C"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        let status = self.child.0.wait().unwrap();
+        assert!(status.success(), "rpf expose exited with {status}");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+}
+
+/// `python3 -m http.server` on 127.0.0.1 serving a directory with one file.
+fn python_server(dir: &Path, body: &str) -> (Kill, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), body).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server (install python3)");
+    wait_for(
+        "the local web server",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        |_| std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
+    (Kill(child), port)
+}
+
+/// `wget` from the client pod.
+fn wget(kubectl: &Kubectl, ns: &str, url: &str) -> Result<String, String> {
+    kubectl.try_run([
+        "-n", ns, "exec", "client", "--", "timeout", "5", "wget", "-qO-", url,
+    ])
+}
+
+/// Objects rpf made, across the cluster, as `kubectl get` names them.
+fn leftovers(kubectl: &Kubectl, namespace: &str) -> String {
+    kubectl
+        .run([
+            "-n",
+            namespace,
+            "get",
+            "deploy,svc,pods",
+            "-l",
+            "app.kubernetes.io/managed-by=rpf",
+            "-o",
+            "name",
+        ])
+        .trim()
+        .to_owned()
+}
+
+fn rpf_expose(rpf: &Path, kubeconfig: &Path, ns: &str, image: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(rpf);
+    cmd.arg("expose")
+        .args(args)
+        .args([
+            "-n",
+            ns,
+            "--image",
+            image,
+            "--image-pull-policy",
+            "IfNotPresent",
+        ])
+        .arg("--kubeconfig")
+        .arg(kubeconfig);
+    cmd
+}
+
+#[test]
+#[ignore = "needs a cluster: set RPF_E2E_KUBECONFIG and run with --ignored"]
+fn cluster_expose() {
+    let Some(kubectl) = Kubectl::for_cluster("cluster_expose") else {
+        return;
+    };
+    let kubeconfig = kubectl.kubeconfig.clone().unwrap();
+    let started = Instant::now();
+    let tag = env_or("RPF_E2E_IMAGE_TAG", "e2e");
+    let sidecar = with_tag(&images_env().0, &tag);
+    let client_image = env_or("RPF_E2E_CLIENT_IMAGE", "busybox:1.36");
+    build_and_load(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-images"),
+        &["rpf-sidecar.tar"],
+        &tag,
+    );
+    let rpf = rpf_binary();
+
+    let suffix = format!(
+        "{}-{:x}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let ns = format!("expose-e2e-{suffix}");
+    let client_ns = format!("expose-e2e-client-{suffix}");
+    let _cleanup = Namespaces {
+        kubectl: kubectl.clone(),
+        names: vec![ns.clone(), client_ns.clone()],
+    };
+    for n in [&ns, &client_ns] {
+        kubectl.run(["create", "namespace", n]);
+    }
+    kubectl.run([
+        "-n",
+        &client_ns,
+        "run",
+        "client",
+        "--image",
+        &client_image,
+        "--image-pull-policy",
+        "IfNotPresent",
+        "--restart",
+        "Never",
+        "--command",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let www: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("expose-www-{suffix}"));
+    let token = format!("hello from the developer's machine {suffix}");
+    let (_server, port) = python_server(&www, &token);
+
+    // A Service that is not rpf's is refused, and nothing is created.
+    kubectl.run([
+        "-n",
+        &ns,
+        "create",
+        "service",
+        "clusterip",
+        "taken",
+        "--tcp",
+        "80:80",
+    ]);
+    let out = rpf_expose(&rpf, &kubeconfig, &ns, &sidecar, &["svc/taken", "80"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    log(format!(
+        "rpf expose svc/taken -> {}: {}",
+        out.status,
+        stderr.trim()
+    ));
+    assert!(!out.status.success());
+    assert!(stderr.contains("not created by rpf expose"), "{stderr}");
+    assert_eq!(leftovers(&kubectl, &ns), "", "refusal created something");
+
+    // Expose the local server as svc/web port 80.
+    let spec = format!("80:127.0.0.1:{port}");
+    let mut expose = Expose::spawn(&mut rpf_expose(
+        &rpf,
+        &kubeconfig,
+        &ns,
+        &sidecar,
+        &["svc/web", &spec, "--replicas", "2"],
+    ));
+    expose.wait_line("stdout: Created service/web", Duration::from_secs(60));
+    let first = expose.wait_line("stdout: Relay pod ", Duration::from_secs(180));
+    let second = expose.wait_line("stdout: Relay pod ", Duration::from_secs(180));
+    log(format!("relays: {first} | {second}"));
+    let summary = expose.wait_line("stdout: Exposed ", Duration::from_secs(30));
+    let cluster_ip = kubectl
+        .run([
+            "-n",
+            &ns,
+            "get",
+            "svc",
+            "web",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .trim()
+        .to_owned();
+    assert!(
+        summary.contains(&format!("web.{ns}.svc.cluster.local:80"))
+            && summary.contains(&cluster_ip),
+        "{summary}"
+    );
+    wait_for(
+        "the client pod to run",
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        |last| {
+            *last = kubectl
+                .try_run([
+                    "-n",
+                    &client_ns,
+                    "get",
+                    "pod",
+                    "client",
+                    "-o",
+                    "jsonpath={.status.phase}",
+                ])
+                .unwrap_or_else(|e| e);
+            (last == "Running").then_some(())
+        },
+    );
+    // Both relays become ready endpoints once their sessions are bound.
+    wait_for(
+        "two ready endpoints",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |last| {
+            *last = kubectl
+                .try_run([
+                    "-n",
+                    &ns,
+                    "get",
+                    "endpoints",
+                    "web",
+                    "-o",
+                    "jsonpath={.subsets[*].addresses[*].ip}",
+                ])
+                .unwrap_or_else(|e| e);
+            (last.split_whitespace().count() == 2).then_some(())
+        },
+    );
+    let url = format!("http://{cluster_ip}:80/hello.txt");
+    let body = wget(&kubectl, &client_ns, &url).expect("wget through the Service");
+    assert_eq!(body.trim(), token);
+    log(format!("pod in {client_ns} got {body:?} through {url}"));
+
+    // A client loops while one relay pod is deleted: every request succeeds.
+    let looped = 40;
+    let script = format!(
+        "ok=0; fail=0; i=0; while [ $i -lt {looped} ]; do \
+           if timeout 5 wget -qO- {url} | grep -q '{suffix}'; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
+           i=$((i+1)); sleep 0.5; done; echo ok=$ok fail=$fail"
+    );
+    let client_loop = kubectl
+        .cmd([
+            "-n", &client_ns, "exec", "client", "--", "sh", "-c", &script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(3));
+    let victim = first
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.rsplit('/').next())
+        .unwrap()
+        .to_owned();
+    log(format!(
+        "deleting relay pod {victim} while the client loops"
+    ));
+    kubectl.run(["-n", &ns, "delete", "pod", &victim, "--wait=false"]);
+    let out = client_loop.wait_with_output().unwrap();
+    let result = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    log(format!("client loop: {result}"));
+    assert_eq!(
+        result,
+        format!("ok={looped} fail=0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // rpf attaches to the replacement.
+    let pod_of = |line: &str| {
+        line.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let known = [pod_of(&first), pod_of(&second)];
+    let replacement = loop {
+        let line = expose.wait_line("stdout: Relay pod ", Duration::from_secs(180));
+        if !known.contains(&pod_of(&line)) {
+            break line;
+        }
+    };
+    log(format!("replacement: {replacement}"));
+
+    // Ctrl-C removes everything and says so.
+    let output = expose.interrupt();
+    assert!(
+        output.contains("Deleted service/web, deployment/rpf-relay-web"),
+        "{output}"
+    );
+    assert_eq!(leftovers(&kubectl, &ns), "", "left after Ctrl-C");
+    assert!(
+        wget(&kubectl, &client_ns, &url).is_err(),
+        "still served after Ctrl-C"
+    );
+
+    // kill -9 leaves the objects; the same command adopts them, and
+    // `rpf cleanup` removes them.
+    let mut killed = Expose::spawn(&mut rpf_expose(
+        &rpf,
+        &kubeconfig,
+        &ns,
+        &sidecar,
+        &["svc/web", &spec],
+    ));
+    killed.wait_line("stdout: Exposed ", Duration::from_secs(240));
+    killed.child.0.kill().unwrap();
+    killed.child.0.wait().unwrap();
+    assert_ne!(leftovers(&kubectl, &ns), "");
+    let mut adopted = Expose::spawn(&mut rpf_expose(
+        &rpf,
+        &kubeconfig,
+        &ns,
+        &sidecar,
+        &["svc/web", &spec],
+    ));
+    adopted.wait_line("stdout: Exposed ", Duration::from_secs(240));
+    adopted.child.0.kill().unwrap();
+    adopted.child.0.wait().unwrap();
+    let cleanup = kubectl_free_rpf(&rpf, &kubeconfig, &["cleanup", "-n", &ns]);
+    log(format!("rpf cleanup: {cleanup}"));
+    assert!(
+        cleanup.contains("Deleted service/web, deployment/rpf-relay-web"),
+        "{cleanup}"
+    );
+    assert_eq!(leftovers(&kubectl, &ns), "", "left after rpf cleanup");
+    // The Service rpf did not create is still there.
+    kubectl.run(["-n", &ns, "get", "svc", "taken"]);
+    log(format!("done in {:.0?}", started.elapsed()));
+}
+
+/// Runs `rpf ARGS` to completion, expecting success; returns stdout.
+fn kubectl_free_rpf(rpf: &Path, kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new(rpf)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rpf {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
