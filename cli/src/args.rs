@@ -39,6 +39,9 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Add the rpf sidecar to opted-in pods and workloads in YAML manifests.
     Inject(InjectArgs),
+    /// Check everything `rpf attach` needs, step by step, and say what to
+    /// fix first.
+    Doctor(DoctorArgs),
     /// Print the versions of rpf and of what runs in the cluster.
     Version(crate::version::VersionArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell).
@@ -221,6 +224,33 @@ pub struct ExposeArgs {
 /// Connections per port and relay unless `--max-connections`: a Service is
 /// shared by many pods, so more than `rpf attach`'s 10, still bounded.
 pub const EXPOSE_MAX_CONNECTIONS: u32 = 100;
+
+/// `rpf doctor`.
+#[derive(Debug, Args)]
+#[command(
+    override_usage = "rpf doctor [OPTIONS] [TARGET] [SPEC...]",
+    after_help = "Checks, in order, each PASS, WARN, FAIL or SKIP with the evidence and the next step:\n\
+the API server and credentials, RBAC, the webhook (installed, ready, caBundle, namespace),\n\
+the target's pod (injected, sidecar ready, its version), the control port through\n\
+port-forward and exec, an end-to-end probe through the pod, and each SPEC's local target.\n\
+Exit status 0 when nothing failed (warnings allowed), 1 otherwise. See docs/doctor.md.\n\n\
+Examples:\n  rpf doctor\n  rpf doctor deploy/web 8080:3000\n  rpf doctor -n dev pod/web-7f9 -o json"
+)]
+pub struct DoctorArgs {
+    /// TARGET (optional; pod/NAME, deploy/NAME, ...) then SPEC... (as for `rpf attach`).
+    #[arg(value_name = "TARGET|SPEC", num_args = 0..)]
+    pub args: Vec<String>,
+    /// Which cluster and namespace.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+    /// The transport `rpf attach` will use: a failure of the other one is
+    /// only a warning.
+    #[arg(long, value_enum, default_value_t = Transport::Portforward)]
+    pub transport: Transport,
+    /// Output format: aligned text, or one JSON object a line.
+    #[arg(short, long, value_enum, default_value_t = crate::doctor::report::Format::Text)]
+    pub output: crate::doctor::report::Format,
+}
 
 /// `rpf cleanup`.
 #[derive(Debug, Args)]

@@ -3,7 +3,8 @@
 //! The `rpf` command. [`args`] and [`spec`] turn the command line into
 //! forwards; [`attach`] opens a [`channel`] (through [`via`] or [`cluster`])
 //! and runs the CLI side of a tunnel session over it, reconnecting when the
-//! channel is lost; [`inject`] adds the sidecar to manifests.
+//! channel is lost; [`inject`] adds the sidecar to manifests; [`doctor`]
+//! checks every step on the way and says what to fix.
 //!
 //! The public surface is [`main`], which both binaries call; everything
 //! else is private, so the compiler reports what nothing uses. (The fuzz
@@ -15,6 +16,7 @@ mod attach;
 mod channel;
 mod cluster;
 mod completion;
+mod doctor;
 mod expose;
 mod inject;
 mod spec;
@@ -48,6 +50,7 @@ pub fn main() -> ExitCode {
             Command::Expose(args) => expose::run(args, shutdown).await,
             Command::Cleanup(args) => expose::cleanup(args).await,
             Command::Inject(args) => inject::run(args),
+            Command::Doctor(args) => doctor::run(args, shutdown).await,
             Command::Version(args) => version::run(&args).await,
             Command::Completion(args) => completion::run(&args),
             Command::CompleteTargets(args) => completion::run_targets(&args).await,

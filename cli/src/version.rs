@@ -8,7 +8,7 @@
 //! and only an unreachable API server fails the command.
 
 use clap::Args;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ServiceReference};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::{Api, Client};
@@ -17,7 +17,7 @@ use rpf_proto::{PROTOCOL_VERSION, SIDECAR_CONTAINER, SOFTWARE_VERSION};
 use crate::cluster::{resolve, ClusterError, ClusterOptions, Target};
 
 /// The name of the webhook configuration and Deployment the manifests install.
-const WEBHOOK_NAME: &str = "rpf-webhook";
+pub const WEBHOOK_NAME: &str = "rpf-webhook";
 
 /// `rpf version`.
 #[derive(Debug, Args)]
@@ -77,26 +77,36 @@ pub async fn run(args: &VersionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The webhook the API server calls, the image it runs and the sidecar
-/// image it injects.
-async fn webhook(client: &Client, report: &mut Report) {
+/// The installed webhook, as far as the cluster shows it (`rpf version`
+/// and `rpf doctor` read it alike).
+pub enum Webhook {
+    /// No MutatingWebhookConfiguration [`WEBHOOK_NAME`].
+    NotInstalled,
+    /// The configuration could not be read (often: no permission to read
+    /// cluster-scoped objects).
+    Unreadable(kube::Error),
+    /// Installed and called by URL: no Deployment in the cluster to inspect.
+    ByUrl(Box<MutatingWebhookConfiguration>),
+    /// Installed and called through a Service; its Deployment as found
+    /// (`Ok(None)`: missing).
+    InCluster {
+        /// The configuration.
+        config: Box<MutatingWebhookConfiguration>,
+        /// The Service the API server calls.
+        service: ServiceReference,
+        /// The Deployment of the Service's name in its namespace.
+        deployment: Result<Option<Box<Deployment>>, kube::Error>,
+    },
+}
+
+/// Looks the webhook up: its configuration, then the Deployment behind the
+/// Service it names.
+pub async fn find_webhook(client: &Client) -> Webhook {
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let config = match configs.get_opt(WEBHOOK_NAME).await {
-        Ok(Some(config)) => config,
-        Ok(None) => {
-            report.lines.push(format!(
-                "Webhook: not installed (no MutatingWebhookConfiguration {WEBHOOK_NAME}); \
-                 pods need `rpf inject` (install: kubectl apply -k manifests/)"
-            ));
-            return;
-        }
-        Err(e) => {
-            report.lines.push(format!(
-                "Webhook: unknown ({})",
-                crate::cluster::error::api_message(&e)
-            ));
-            return;
-        }
+        Ok(Some(config)) => Box::new(config),
+        Ok(None) => return Webhook::NotInstalled,
+        Err(e) => return Webhook::Unreadable(e),
     };
     let service = config
         .webhooks
@@ -104,14 +114,86 @@ async fn webhook(client: &Client, report: &mut Report) {
         .flatten()
         .find_map(|w| w.client_config.service.clone());
     let Some(service) = service else {
-        report
-            .lines
-            .push("Webhook: installed, called by URL (no in-cluster Deployment to inspect)".into());
-        return;
+        return Webhook::ByUrl(config);
     };
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &service.namespace);
-    let deployment = match deployments.get_opt(&service.name).await {
-        Ok(Some(d)) => d,
+    let deployment = deployments
+        .get_opt(&service.name)
+        .await
+        .map(|d| d.map(Box::new));
+    Webhook::InCluster {
+        config,
+        service,
+        deployment,
+    }
+}
+
+/// What a webhook Deployment runs: replicas ready and wanted, the image,
+/// and the sidecar image it injects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDeployment {
+    /// Ready replicas.
+    pub ready: i32,
+    /// Wanted replicas.
+    pub wanted: i32,
+    /// The webhook's image.
+    pub image: String,
+    /// The sidecar image it injects, when the Deployment says.
+    pub injects: Option<String>,
+}
+
+impl WebhookDeployment {
+    /// Reads `deployment`'s spec and status.
+    pub fn of(deployment: &Deployment) -> Self {
+        let spec = deployment.spec.as_ref();
+        let container = spec
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first());
+        Self {
+            ready: deployment
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+            wanted: spec.and_then(|s| s.replicas).unwrap_or(1),
+            image: container.and_then(|c| c.image.clone()).unwrap_or_default(),
+            injects: container.and_then(injected_image),
+        }
+    }
+}
+
+/// The webhook the API server calls, the image it runs and the sidecar
+/// image it injects.
+async fn webhook(client: &Client, report: &mut Report) {
+    let (service, deployment) = match find_webhook(client).await {
+        Webhook::NotInstalled => {
+            report.lines.push(format!(
+                "Webhook: not installed (no MutatingWebhookConfiguration {WEBHOOK_NAME}); \
+                 pods need `rpf inject` (install: kubectl apply -k manifests/)"
+            ));
+            return;
+        }
+        Webhook::Unreadable(e) => {
+            report.lines.push(format!(
+                "Webhook: unknown ({})",
+                crate::cluster::error::api_message(&e)
+            ));
+            return;
+        }
+        Webhook::ByUrl(_) => {
+            report.lines.push(
+                "Webhook: installed, called by URL (no in-cluster Deployment to inspect)".into(),
+            );
+            return;
+        }
+        Webhook::InCluster {
+            service,
+            deployment,
+            ..
+        } => (service, deployment),
+    };
+    let deployment = match deployment {
+        Ok(Some(d)) => WebhookDeployment::of(&d),
         Ok(None) => {
             report.lines.push(format!(
                 "Webhook: configured, but Deployment {}/{} is missing: pods are created without the sidecar",
@@ -128,23 +210,12 @@ async fn webhook(client: &Client, report: &mut Report) {
             return;
         }
     };
-    let ready = deployment
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
-    let wanted = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    let container = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first());
-    let image = container.and_then(|c| c.image.clone()).unwrap_or_default();
-    let injects = container.and_then(injected_image);
+    let WebhookDeployment {
+        ready,
+        wanted,
+        image,
+        injects,
+    } = deployment;
     report.lines.push(format!(
         "Webhook: {image} in {} ({ready}/{wanted} ready){}",
         service.namespace,
@@ -191,17 +262,7 @@ async fn sidecar(
 ) -> Result<(), ClusterError> {
     let target = Target::parse(target)?;
     let pod: Pod = resolve::resolve(client, &target, namespace).await?;
-    let spec = pod.spec.as_ref();
-    let image = spec
-        .into_iter()
-        .flat_map(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-        })
-        .find(|c| c.name == SIDECAR_CONTAINER)
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    let image = sidecar_image(&pod);
     report.lines.push(format!(
         "Sidecar: {image} in pod {}/{}",
         namespace,
@@ -213,9 +274,23 @@ async fn sidecar(
     Ok(())
 }
 
+/// The image of the pod's `rpf-sidecar` container (empty when it has none).
+pub fn sidecar_image(pod: &Pod) -> String {
+    pod.spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .find(|c| c.name == SIDECAR_CONTAINER)
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
 /// A warning when `image`'s tag names another release than this CLI.
 /// Digests and tags that are not versions (`dev`, `latest`) say nothing.
-fn skew(what: &str, image: &str) -> Option<String> {
+pub fn skew(what: &str, image: &str) -> Option<String> {
     let tag = image_tag(image)?;
     let version = tag.strip_prefix('v').unwrap_or(tag);
     if !version.starts_with(|c: char| c.is_ascii_digit()) || version == SOFTWARE_VERSION {

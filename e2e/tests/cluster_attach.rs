@@ -24,15 +24,16 @@
 //! - `RPF_E2E_SKIP_BUILD=1`: use the sidecar archive already built.
 //! - `RPF_E2E_RPF`: the `rpf` binary (default: built by cargo).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rpf_e2e::cluster::{
-    build_and_load, env_or, host_server, images_env, rpf_binary, wait_for, with_tag, Kubectl,
+    apply_stdin, build_and_load, env_or, host_server, images_env, rpf_binary, sa_kubeconfig,
+    wait_for, with_tag, Kubectl,
 };
 
 fn log(msg: impl AsRef<str>) {
@@ -151,25 +152,9 @@ impl Attach {
 
 /// `kubectl apply -f -` with `yaml` on stdin.
 fn apply(kubectl: &Kubectl, yaml: &str) {
-    let mut child = kubectl
-        .cmd(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}\n{yaml}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = apply_stdin(kubectl, &["apply", "-f", "-"], yaml) {
+        panic!("kubectl apply failed: {e}\n{yaml}");
+    }
 }
 
 /// The pod spec shared by the pod and the Deployment: the sidecar as the
@@ -289,89 +274,6 @@ subjects:
         pod = pod_spec(sidecar, client, 2),
         tpl = pod_spec(sidecar, client, 6),
     )
-}
-
-/// A token for a ServiceAccount: `kubectl create token` (1.24+), else the
-/// token Secret the controller made for it (older clusters).
-fn sa_token(kubectl: &Kubectl, ns: &str, sa: &str) -> String {
-    if let Ok(token) = kubectl.try_run(["-n", ns, "create", "token", sa]) {
-        return token.trim().to_owned();
-    }
-    let secret = wait_for(
-        &format!("the token Secret of ServiceAccount {sa}"),
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        |last| {
-            let s = kubectl
-                .try_run([
-                    "-n",
-                    ns,
-                    "get",
-                    "sa",
-                    sa,
-                    "-o",
-                    "jsonpath={.secrets[0].name}",
-                ])
-                .unwrap_or_else(|e| e);
-            *last = s.clone();
-            (!s.trim().is_empty()).then(|| s.trim().to_owned())
-        },
-    );
-    let b64 = kubectl.run([
-        "-n",
-        ns,
-        "get",
-        "secret",
-        &secret,
-        "-o",
-        "jsonpath={.data.token}",
-    ]);
-    let out = Command::new("base64")
-        .arg("-d")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(b64.trim().as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("base64 -d");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// A kubeconfig for `sa`: same server and CA as the admin's, token user.
-fn sa_kubeconfig(kubectl: &Kubectl, ns: &str, sa: &str, dir: &Path) -> PathBuf {
-    let get = |path: &str| {
-        kubectl.run([
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "-o",
-            &format!("jsonpath={{{path}}}"),
-        ])
-    };
-    let server = get(".clusters[0].cluster.server");
-    let ca = get(".clusters[0].cluster.certificate-authority-data");
-    let ca_file = get(".clusters[0].cluster.certificate-authority");
-    let ca_line = if !ca.trim().is_empty() {
-        format!("certificate-authority-data: {}", ca.trim())
-    } else {
-        format!("certificate-authority: {}", ca_file.trim())
-    };
-    let token = sa_token(kubectl, ns, sa);
-    let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    {ca_line}\n\
-             users:\n- name: {sa}\n  user:\n    token: {token}\n\
-             contexts:\n- name: {sa}\n  context:\n    cluster: c\n    user: {sa}\n    namespace: {ns}\n\
-             current-context: {sa}\n"
-        ),
-    )
-    .unwrap();
-    path
 }
 
 /// `wget` inside the pod's app container, to the reverse-forwarded port.

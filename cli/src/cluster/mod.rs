@@ -25,7 +25,7 @@ pub mod resolve;
 mod stream;
 pub mod target;
 #[cfg(test)]
-mod test_pods;
+pub mod test_pods;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -89,13 +89,25 @@ impl ClusterOptions {
     /// context; in a pod without any kubeconfig, the in-cluster service
     /// account. The client keeps `TCP_NODELAY` on ([`client::build`]).
     pub async fn connect(&self) -> Result<(Client, String), ClusterError> {
+        let (client, namespace, _) = self.connect_to().await?;
+        Ok((client, namespace))
+    }
+
+    /// As [`Self::connect`], also naming the API server's URL (what
+    /// `rpf doctor` shows as evidence).
+    pub async fn connect_to(&self) -> Result<(Client, String, String), ClusterError> {
         rpf_process::install_crypto_provider();
         let config = self.load_config().await?;
         let namespace = self
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
-        Ok((client::build(config)?, namespace))
+        let url = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned();
+        Ok((client::build(config)?, namespace, url))
     }
 
     async fn load_config(&self) -> Result<Config, ClusterError> {
@@ -170,8 +182,7 @@ impl ClusterSource {
         }
     }
 
-    /// A source for an existing client (the live tests).
-    #[cfg(test)]
+    /// A source for an existing client (`rpf doctor`, the live tests).
     pub fn with_client(
         client: Client,
         namespace: &str,

@@ -35,7 +35,7 @@ impl fmt::Display for Permission {
 }
 
 /// `get pods, create pods/portforward`.
-pub(super) fn join_permissions(missing: &[Permission]) -> String {
+pub fn join_permissions(missing: &[Permission]) -> String {
     missing
         .iter()
         .map(ToString::to_string)
@@ -67,31 +67,11 @@ pub async fn missing_permissions(
     name: Option<&str>,
     wanted: &[Permission],
 ) -> Option<Vec<Permission>> {
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut missing = Vec::new();
     for permission in wanted {
-        let (resource, subresource, group) = permission.attributes();
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(namespace.to_owned()),
-                    verb: Some(permission.verb.clone()),
-                    group: Some(group),
-                    resource: Some(resource),
-                    subresource,
-                    name: name.map(str::to_owned),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match api.create(&PostParams::default(), &review).await {
-            Ok(answer) => {
-                if !answer.status.is_some_and(|s| s.allowed) {
-                    missing.push(permission.clone());
-                }
-            }
+        match allowed(client, namespace, name, permission).await {
+            Ok(true) => {}
+            Ok(false) => missing.push(permission.clone()),
             Err(e) => {
                 tracing::debug!(error = %e, "SelfSubjectAccessReview failed");
                 return None;
@@ -99,6 +79,35 @@ pub async fn missing_permissions(
         }
     }
     Some(missing)
+}
+
+/// Whether the API server says the current user has `permission` in
+/// `namespace` (on the object `name`, or on any object).
+pub async fn allowed(
+    client: &Client,
+    namespace: &str,
+    name: Option<&str>,
+    permission: &Permission,
+) -> Result<bool, kube::Error> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let (resource, subresource, group) = permission.attributes();
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.to_owned()),
+                verb: Some(permission.verb.clone()),
+                group: Some(group),
+                resource: Some(resource),
+                subresource,
+                name: name.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = api.create(&PostParams::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
 #[cfg(test)]

@@ -176,19 +176,52 @@ pub async fn resolve(
     target: &Target,
     namespace: &str,
 ) -> Result<Pod, ClusterError> {
-    let object = ObjectRef::new(target, namespace);
+    let found = pods(client, target, namespace).await?;
     if target.kind == Kind::Pod {
-        let pod = get_object::<Pod>(client, &object).await?;
+        let pod = found
+            .pods
+            .into_iter()
+            .next()
+            .expect("a pod target finds one pod");
         if !preflight::has_sidecar(&pod) {
             return Err(ClusterError::NoSidecar {
-                pods: vec![object.name.clone()],
-                target: object,
+                pods: vec![found.object.name.clone()],
+                target: found.object,
             });
         }
         return Ok(pod);
     }
+    choose(&found.object, &found.selector, &found.pods)
+}
+
+/// The pods a target names, sidecar or not.
+#[derive(Debug)]
+pub struct TargetPods {
+    /// The object the user named.
+    pub object: ObjectRef,
+    /// The label selector used (empty for a pod target).
+    pub selector: String,
+    /// The pod itself, or the pods the workload's selector matches.
+    pub pods: Vec<Pod>,
+}
+
+/// Every pod `target` names in `namespace`: the pod itself, or the pods
+/// its selector matches (`rpf doctor` looks at pods without the sidecar too).
+pub async fn pods(
+    client: &Client,
+    target: &Target,
+    namespace: &str,
+) -> Result<TargetPods, ClusterError> {
+    let object = ObjectRef::new(target, namespace);
+    if target.kind == Kind::Pod {
+        let pod = get_object::<Pod>(client, &object).await?;
+        return Ok(TargetPods {
+            object,
+            selector: String::new(),
+            pods: vec![pod],
+        });
+    }
     let selector = selector(&object, workload_selector(client, &object).await?)?;
-    let text = selector.to_string();
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods
         .list(&ListParams::default().labels_from(&selector))
@@ -208,29 +241,17 @@ pub async fn resolve(
         .into_iter()
         .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
         .collect();
-    choose(&object, &text, &matching)
+    Ok(TargetPods {
+        object,
+        selector: selector.to_string(),
+        pods: matching,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::test_pods::{BASE, P};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn req(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
-        LabelSelectorRequirement {
-            key: key.into(),
-            operator: op.into(),
-            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
-        }
-    }
+    use crate::cluster::test_pods::{labels, req, BASE, P};
 
     /// kube's selector, as [`resolve`] builds it, renders what the API
     /// takes and matches as the API server does.

@@ -1,9 +1,11 @@
-//! A pod builder for the ranking and choice tables.
+//! A pod builder for the ranking and choice tables, and label helpers.
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerStatus, Pod, PodCondition, PodSpec, PodStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 
 fn t(secs: i64) -> Time {
@@ -76,5 +78,22 @@ impl P {
                 ..Default::default()
             }),
         }
+    }
+}
+
+/// A label map from pairs.
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A selector requirement (`values` empty for Exists/DoesNotExist).
+pub(crate) fn req(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+    LabelSelectorRequirement {
+        key: key.into(),
+        operator: op.into(),
+        values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
     }
 }

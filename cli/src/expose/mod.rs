@@ -9,7 +9,7 @@
 //! has its listeners bound there. Permissions are checked before anything
 //! is created ([`access`]); with `--gateway` a route is added ([`gateway`]).
 
-mod access;
+pub mod access;
 mod apply;
 mod gateway;
 mod objects;
