@@ -34,7 +34,14 @@ use crate::args::{Cli, Command};
 /// logging, runs the command, and prints failures as `error: ...`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    rpf_process::init_logging(rpf_process::LogStyle::Human, cli.verbose, cli.quiet);
+    // The doctor's report is its output: the tunnel's progress lines (a
+    // probe connection) would only interleave with it, unless asked for.
+    let doctor = matches!(cli.command, Command::Doctor(_)) && cli.verbose == 0;
+    rpf_process::init_logging(
+        rpf_process::LogStyle::Human,
+        cli.verbose,
+        cli.quiet || doctor,
+    );
     rpf_process::raise_fd_limit();
     // A thread pool: with several busy connections the CLI uses more than
     // one core (measured: 8 connections move ~35% more than on one thread).

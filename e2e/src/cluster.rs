@@ -335,6 +335,49 @@ pub fn build_and_load(out: &Path, archives: &[&str], tag: &str) {
     }
 }
 
+/// Where the manifests install the webhook: namespace and Deployment name.
+pub const WEBHOOK_NS: &str = "rpf-system";
+/// The webhook's Deployment, Service and configuration name.
+pub const WEBHOOK: &str = "rpf-webhook";
+
+/// Waits (up to 3 minutes) for the webhook Deployment to be rolled out.
+pub fn webhook_rollout(kubectl: &Kubectl) {
+    kubectl.run([
+        "-n",
+        WEBHOOK_NS,
+        "rollout",
+        "status",
+        &format!("deployment/{WEBHOOK}"),
+        "--timeout=180s",
+    ]);
+}
+
+/// Waits until no webhook pod is left, not even a terminating one that
+/// still serves (after scaling to zero or uninstalling).
+pub fn wait_webhook_gone(kubectl: &Kubectl) {
+    wait_for(
+        "the webhook pods to be gone",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        |last| {
+            let pods = kubectl
+                .try_run([
+                    "-n",
+                    WEBHOOK_NS,
+                    "get",
+                    "pods",
+                    "-l",
+                    "app.kubernetes.io/name=rpf-webhook",
+                    "-o",
+                    "name",
+                ])
+                .unwrap_or_else(|e| e);
+            *last = pods.clone();
+            pods.trim().is_empty().then_some(())
+        },
+    );
+}
+
 /// `kubectl ARGS...` with `input` on stdin: stdout, or stderr as the error.
 pub fn apply_stdin(kubectl: &Kubectl, args: &[&str], input: &str) -> Result<String, String> {
     let mut child = kubectl

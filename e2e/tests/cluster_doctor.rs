@@ -37,11 +37,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rpf_e2e::cluster::{
     apply_stdin, build_and_load, env_or, host_server, images_env, render_install, rpf_binary,
-    sa_kubeconfig, wait_for, with_tag, Kubectl,
+    sa_kubeconfig, wait_for, wait_webhook_gone, webhook_rollout, with_tag, Kubectl, WEBHOOK,
+    WEBHOOK_NS,
 };
 use serde_json::Value;
-
-const WEBHOOK: &str = "rpf-webhook";
 
 /// Every check of a run with a TARGET and one SPEC, in order.
 const ALL_CHECKS: [&str; 15] = [
@@ -339,14 +338,7 @@ fn cluster_doctor() {
     };
     log(format!("installing rpf for 1.{minor}"));
     kubectl.run(["apply", "-f", rendered.to_str().unwrap()]);
-    kubectl.run([
-        "-n",
-        "rpf-system",
-        "rollout",
-        "status",
-        &format!("deployment/{WEBHOOK}"),
-        "--timeout=180s",
-    ]);
+    webhook_rollout(&kubectl);
     kubectl.run(["create", "namespace", &ns]);
     kubectl.run(["create", "namespace", &off]);
     kubectl.run(["label", "namespace", &off, "rpf.dev/injection=disabled"]);
@@ -510,4 +502,55 @@ fn cluster_doctor() {
     assert!(run
         .stderr
         .contains("error: failed: local-target; each says"));
+
+    // 6. The webhook down: a pod created meanwhile is admitted without the
+    //    sidecar; the doctor says the webhook is not ready, and once it is
+    //    back, that the pod was created while it was down.
+    let scale_webhook = |replicas: u32| {
+        let replicas = format!("--replicas={replicas}");
+        kubectl.run(["-n", WEBHOOK_NS, "scale", "deployment", WEBHOOK, &replicas]);
+    };
+    scale_webhook(0);
+    wait_webhook_gone(&kubectl);
+    apply_stdin(
+        &kubectl,
+        &["apply", "-f", "-"],
+        &pod_yaml(&ns, "missed", &client_image, true),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let run = Run::doctor(&rpf, &kubeconfig, &["-n", &ns, "pod/missed"]);
+    assert_eq!(run.code, Some(1));
+    assert_eq!(
+        run.status("webhook-ready"),
+        "FAIL",
+        "{}",
+        run.line("webhook-ready")
+    );
+    assert!(run.line("webhook-ready").contains("has 0/0 replicas ready"));
+    assert!(run
+        .line("injection")
+        .contains("it opted in, but the webhook is not ready"));
+    scale_webhook(2);
+    webhook_rollout(&kubectl);
+    let run = wait_for(
+        "the doctor to see the webhook ready again",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |last| {
+            let run = Run::doctor(&rpf, &kubeconfig, &["-n", &ns, "pod/missed"]);
+            *last = run.line("webhook-ready").to_owned();
+            (run.status("webhook-ready") == "PASS").then_some(run)
+        },
+    );
+    assert_eq!(run.status("injection"), "FAIL");
+    assert!(
+        run.line("injection")
+            .contains("while the webhook was down: it has been ready only since"),
+        "{}",
+        run.line("injection")
+    );
+    assert!(run
+        .next("injection")
+        .unwrap()
+        .starts_with("recreate the pod now"));
 }

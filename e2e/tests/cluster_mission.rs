@@ -39,11 +39,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rpf_e2e::cluster::{
     apply_stdin, build_and_load, env_or, host_server, images_env, render_install, rpf_binary,
-    wait_for, with_tag, Kubectl,
+    wait_for, wait_webhook_gone, webhook_rollout, with_tag, Kubectl, WEBHOOK, WEBHOOK_NS,
 };
-
-const WEBHOOK_NS: &str = "rpf-system";
-const WEBHOOK: &str = "rpf-webhook";
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[cluster_mission] {}", msg.as_ref());
@@ -219,14 +216,7 @@ fn cluster_mission() {
     // 3. The webhook is ready, has put its CA into the webhook configuration,
     //    and the API server really calls it (server-side dry run of an
     //    annotated pod comes back with the sidecar).
-    kubectl.run([
-        "-n",
-        WEBHOOK_NS,
-        "rollout",
-        "status",
-        &format!("deployment/{WEBHOOK}"),
-        "--timeout=180s",
-    ]);
+    webhook_rollout(&kubectl);
     wait_for(
         "the caBundle of the MutatingWebhookConfiguration",
         Duration::from_secs(90),
@@ -456,27 +446,7 @@ fn cluster_mission() {
         &format!("deployment/{WEBHOOK}"),
         "--replicas=0",
     ]);
-    wait_for(
-        "the webhook pods to be gone",
-        Duration::from_secs(90),
-        Duration::from_secs(2),
-        |last| {
-            let pods = kubectl
-                .try_run([
-                    "-n",
-                    WEBHOOK_NS,
-                    "get",
-                    "pods",
-                    "-l",
-                    "app.kubernetes.io/name=rpf-webhook",
-                    "-o",
-                    "name",
-                ])
-                .unwrap_or_else(|e| e);
-            *last = pods.clone();
-            pods.trim().is_empty().then_some(())
-        },
-    );
+    wait_webhook_gone(&kubectl);
     let t = Instant::now();
     apply_stdin(
         &kubectl,

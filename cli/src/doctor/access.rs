@@ -153,7 +153,7 @@ pub async fn rbac(cluster: &Cluster, target: Option<&Target>, transport: Transpo
         Ok(m) => Check::fail(
             RBAC,
             format!(
-                "not allowed to {} in namespace \"{namespace}\" (rpf attach needs it)",
+                "not allowed to {} in namespace \"{namespace}\" (rpf attach needs them)",
                 join_permissions(&m)
             ),
             role_hint("manifests/examples/developer-role.yaml"),

@@ -118,10 +118,11 @@ pub async fn check(cluster: &Cluster, pod: Option<&Pod>, stakes: Stakes) -> (Vec
     (checks, facts)
 }
 
+/// The first check says why; the others point to it.
 fn skip_all(why: &str) -> Vec<Check> {
-    [INSTALLED, READY, CA, NAMESPACE]
-        .map(|name| Check::skip(name, why))
-        .into()
+    let mut checks = vec![Check::skip(INSTALLED, why)];
+    checks.extend([READY, CA, NAMESPACE].map(|name| Check::skip(name, "see the webhook check")));
+    checks
 }
 
 /// `webhook`: the configuration, the Service it calls and what runs there.
@@ -266,6 +267,8 @@ async fn ready_since(client: &Client, ns: &str, deployment: &Deployment) -> Opti
     .ok()?;
     pods.items
         .iter()
+        // A pod on its way out still reports Ready; it is not the future.
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| {
             p.status
                 .as_ref()?
@@ -308,7 +311,12 @@ async fn ca_bundle(
     deployment: Option<&Deployment>,
     needed: bool,
 ) -> Check {
-    let refill = "self-managed TLS: the webhook writes its CA into the caBundle when it starts (restart it: kubectl -n rpf-system rollout restart deployment rpf-webhook); cert-manager: check its CA injector and the annotation cert-manager.io/inject-ca-from";
+    let (ns, name) = service.map_or(("rpf-system", "rpf-webhook"), |s| {
+        (s.namespace.as_str(), s.name.as_str())
+    });
+    let refill = format!(
+        "self-managed TLS: the webhook writes its CA into the caBundle when it starts (restart it: kubectl -n {ns} rollout restart deployment {name}); cert-manager: check its CA injector and the annotation cert-manager.io/inject-ca-from"
+    );
     let mut bundles = Vec::new();
     for webhook in webhooks {
         let bundle = webhook
@@ -325,7 +333,7 @@ async fn ca_bundle(
                     "webhook {}: {e}: the API server cannot trust the webhook and admits pods without the sidecar",
                     webhook.name
                 ),
-                refill,
+                &refill,
             );
         }
         bundles.push((webhook.name.clone(), bundle));
@@ -353,7 +361,6 @@ async fn ca_bundle(
             format!("{parsed}; the webhook Deployment names no TLS Secret to check it against"),
         );
     };
-    let ns = &service.namespace;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret = match bounded("the webhook's TLS Secret", secrets.get_opt(&secret_name)).await {
         Ok(Ok(Some(s))) => s,
@@ -362,7 +369,7 @@ async fn ca_bundle(
                 needed,
                 CA,
                 format!("Secret {ns}/{secret_name} with the serving certificate is missing"),
-                refill,
+                &refill,
             )
         }
         Ok(Err(e)) => {
@@ -391,7 +398,7 @@ async fn ca_bundle(
                 format!(
                     "the serving certificate in Secret {ns}/{secret_name} does not verify against the caBundle of webhook {name} for {dns_name}: {e}; the API server admits pods without the sidecar"
                 ),
-                refill,
+                &refill,
             );
         }
     }
