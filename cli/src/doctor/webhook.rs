@@ -43,8 +43,8 @@ pub struct Facts {
     pub excluded: Option<String>,
 }
 
-/// How much a broken webhook matters: `needed` when the pod being checked
-/// lacks the sidecar (or no pod is known), `pod_injected` when it has it.
+/// How much a webhook problem matters: little once the pod being checked
+/// has its sidecar.
 #[derive(Debug, Clone, Copy)]
 pub struct Stakes {
     /// A broken webhook is a failure (else a warning).
