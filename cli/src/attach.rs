@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rpf_proto::message::{BindAddr, BindErrorKind, BoundListener, SessionTicket};
 use rpf_proto::Side;
@@ -53,10 +53,11 @@ pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Resul
         None => (Some(args.args[0].as_str()), &args.args[1..]),
     };
     if specs.is_empty() {
-        match target {
-            Some(t) => bail!("no port spec after {t:?}: give at least one REMOTE[:[HOST:]LOCAL], e.g. `rpf attach {t} 8080:80`"),
-            None => bail!("no port spec given: e.g. `rpf attach --via '...' 8080:80`"),
-        }
+        let why = match target {
+            Some(t) => format!("no port spec after {t:?}: give at least one REMOTE[:[HOST:]LOCAL], e.g. `rpf attach {t} 8080:80`"),
+            None => "no port spec given: e.g. `rpf attach --via '...' 8080:80`".to_string(),
+        };
+        return Err(crate::exit::BadInput(why).into());
     }
     let specs = PortSpec::parse_all(specs)?;
     let mut config = CliConfig::new(forwards(&specs, &args));

@@ -17,6 +17,7 @@ mod channel;
 mod cluster;
 mod completion;
 mod doctor;
+mod exit;
 mod expose;
 mod inject;
 mod spec;
@@ -65,11 +66,8 @@ pub fn main() -> ExitCode {
     });
     // Don't wait for stray tasks (a blocked DNS lookup) on the way out.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    if let Err(e) = &result {
+        eprintln!("error: {e:#}");
     }
+    exit::code(&result)
 }

@@ -35,7 +35,7 @@ fn malformed_specs_fail_before_anything_starts() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{specs:?} must fail");
+        assert_eq!(out.status.code(), Some(2), "{specs:?}: bad input exits 2");
         assert!(stderr.starts_with("error: "), "{specs:?}: {stderr}");
         assert!(
             stderr.contains(want),
@@ -49,7 +49,7 @@ fn malformed_specs_fail_before_anything_starts() {
         .args(["attach", "--via", "true", "--max-connections", "0", "8080"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("error: "));
 }
 
@@ -73,7 +73,11 @@ fn a_port_already_bound_in_the_pod_fails_before_forwarding_and_binds_nothing() {
     let status = attach
         .wait_exit(Duration::from_secs(20))
         .expect("attach must give up");
-    assert!(!status.success());
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a refusal exits 1, not as bad input or lost"
+    );
     let stderr = attach.stderr();
     assert!(
         stderr.contains(&format!(
@@ -320,7 +324,7 @@ fn a_sidecar_vanishing_mid_transfer_ends_everything_cleanly() {
     let status = attach
         .wait_exit(Duration::from_secs(20))
         .expect("attach exits");
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(3), "a lost channel exits 3");
     let stderr = attach.stderr();
     assert!(
         stderr.contains("error: lost connection to host"),

@@ -109,7 +109,7 @@ fn no_reconnect_exits_non_zero_when_the_channel_is_lost() {
     attach.wait_forwarding(2);
     pod.ns.kill_all();
     let status = attach.wait_exit(Duration::from_secs(10)).expect("exits");
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(3), "a lost channel exits 3");
     assert!(
         attach.stderr().contains("error: lost connection to host"),
         "{}",
