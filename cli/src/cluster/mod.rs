@@ -22,6 +22,7 @@ pub mod preflight;
 mod ranking;
 pub mod rbac;
 pub mod resolve;
+mod spdy;
 mod stream;
 pub mod target;
 #[cfg(test)]
@@ -58,6 +59,8 @@ pub struct ClusterSource {
     /// opened; not for an `rpf expose` relay, which is ready only once a
     /// session has bound its listeners.
     need_ready: bool,
+    /// SPDY or WebSocket for port-forwards (a fallback is remembered).
+    protocols: portforward::Protocols,
 }
 
 impl std::fmt::Debug for ClusterSource {
@@ -155,6 +158,7 @@ impl ClusterSource {
             target,
             transport,
             need_ready: true,
+            protocols: Default::default(),
         })
     }
 
@@ -167,6 +171,7 @@ impl ClusterSource {
             target: Target::pod(pod),
             transport: Transport::Portforward,
             need_ready: false,
+            protocols: Default::default(),
         }
     }
 
@@ -184,6 +189,7 @@ impl ClusterSource {
             target,
             transport,
             need_ready: true,
+            protocols: Default::default(),
         }
     }
 
@@ -226,7 +232,7 @@ impl ClusterSource {
                 let port = preflight::control_port(&pod)?;
                 tokio::time::timeout(
                     API_TIMEOUT,
-                    portforward::open(&self.client, &pods, &name, port),
+                    portforward::open(&self.client, &pods, &name, port, &self.protocols),
                 )
                 .await
                 .map(|r| {
