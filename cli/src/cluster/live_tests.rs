@@ -304,20 +304,49 @@ async fn transports_carry_bytes_both_ways() {
         );
     }
 
-    // A command that fails: its Status reaches the reader.
-    let (mut io, _process) = exec::open(&pods, "echo", "rpf-sidecar", &["/no-such-binary"])
+    // A command that fails: its Status reaches the reader, over SPDY and
+    // over WebSocket.
+    for spdy in [true, false] {
+        let command = ["/no-such-binary"];
+        let (mut io, _guard): (Box<dyn Duplex>, Box<dyn Send>) = if spdy {
+            let (io, guard) = exec::open_spdy(&client, &pods, "echo", "rpf-sidecar", &command)
+                .await
+                .expect("exec");
+            (Box::new(io), Box::new(guard))
+        } else {
+            let (io, process) = exec::open_websocket(&pods, "echo", "rpf-sidecar", &command)
+                .await
+                .expect("exec");
+            (Box::new(io), Box::new(process))
+        };
+        let mut buf = [0u8; 16];
+        let err = tokio::time::timeout(Duration::from_secs(20), io.read(&mut buf))
+            .await
+            .expect("no answer from a failing exec")
+            .expect_err("a failing command gives an error");
+        eprintln!("failing exec (SPDY: {spdy}): {err}");
+        assert!(
+            err.to_string()
+                .starts_with("exec of \"/no-such-binary\" in container rpf-sidecar of pod echo: "),
+            "{err}"
+        );
+    }
+
+    // Both exec clients side by side.
+    let command = ["/rpf-sidecar", "stdio"];
+    let (io, process) = exec::open_websocket(&pods, "echo", "rpf-sidecar", &command)
         .await
-        .expect("exec");
-    let mut buf = [0u8; 16];
-    let err = tokio::time::timeout(Duration::from_secs(20), io.read(&mut buf))
+        .expect("WebSocket exec");
+    let websocket_mbps = echo_round_trip(Box::new(io), size()).await;
+    drop(process);
+    let (io, guard) = exec::open_spdy(&client, &pods, "echo", "rpf-sidecar", &command)
         .await
-        .expect("no answer from a failing exec")
-        .expect_err("a failing command gives an error");
-    eprintln!("failing exec: {err}");
-    assert!(
-        err.to_string()
-            .starts_with("exec of \"/no-such-binary\" in container rpf-sidecar of pod echo: "),
-        "{err}"
+        .expect("SPDY exec");
+    let spdy_mbps = echo_round_trip(Box::new(io), size()).await;
+    drop(guard);
+    eprintln!(
+        "THROUGHPUT exec: WebSocket {websocket_mbps:.1} MB/s, SPDY {spdy_mbps:.1} MB/s ({} MiB echo)",
+        size() >> 20
     );
 }
 

@@ -59,8 +59,8 @@ pub struct ClusterSource {
     /// opened; not for an `rpf expose` relay, which is ready only once a
     /// session has bound its listeners.
     need_ready: bool,
-    /// SPDY or WebSocket for port-forwards (a fallback is remembered).
-    protocols: portforward::Protocols,
+    /// SPDY or WebSocket (a fallback is remembered).
+    fallback: spdy::Fallback,
 }
 
 impl std::fmt::Debug for ClusterSource {
@@ -158,7 +158,7 @@ impl ClusterSource {
             target,
             transport,
             need_ready: true,
-            protocols: Default::default(),
+            fallback: Default::default(),
         })
     }
 
@@ -171,7 +171,7 @@ impl ClusterSource {
             target: Target::pod(pod),
             transport: Transport::Portforward,
             need_ready: false,
-            protocols: Default::default(),
+            fallback: Default::default(),
         }
     }
 
@@ -189,7 +189,7 @@ impl ClusterSource {
             target,
             transport,
             need_ready: true,
-            protocols: Default::default(),
+            fallback: Default::default(),
         }
     }
 
@@ -232,7 +232,7 @@ impl ClusterSource {
                 let port = preflight::control_port(&pod)?;
                 tokio::time::timeout(
                     API_TIMEOUT,
-                    portforward::open(&self.client, &pods, &name, port, &self.protocols),
+                    portforward::open(&self.client, &pods, &name, port, &self.fallback),
                 )
                 .await
                 .map(|r| {
@@ -247,14 +247,21 @@ impl ClusterSource {
                 let command = [SIDECAR_BINARY_PATH, "stdio"];
                 tokio::time::timeout(
                     API_TIMEOUT,
-                    exec::open(&pods, &name, SIDECAR_CONTAINER, &command),
+                    exec::open(
+                        &self.client,
+                        &pods,
+                        &name,
+                        SIDECAR_CONTAINER,
+                        &command,
+                        &self.fallback,
+                    ),
                 )
                 .await
                 .map(|r| {
                     r.map(|(io, guard)| Channel {
-                        io: Box::new(io),
+                        io,
                         place,
-                        guard: Some(Box::new(guard)),
+                        guard: Some(guard),
                     })
                 })
             }

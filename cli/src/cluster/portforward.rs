@@ -11,22 +11,20 @@
 //! for any reason but a refusal the WebSocket would get too (not found,
 //! forbidden, unauthorized), for instance a proxy in front of the API server
 //! that only passes WebSocket upgrades, WebSocket is used, and kept for the
-//! rest of the session.
+//! rest of the session ([`Fallback`]).
 //!
 //! The kubelet reports a failed dial ("connection refused" when nothing
 //! listens on the control port) on the port's error stream and then closes
 //! the data stream; [`PortStream`] turns that into the read error the
 //! session sees.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use tokio::io::DuplexStream;
 
-use super::error::{classify, ApiFailure};
-use super::spdy;
+use super::spdy::{self, Fallback};
 use super::stream::{FailureFuture, ReportingStream, TaskGuard};
 
 /// The byte stream of one forwarded port, with the port's error channel.
@@ -46,29 +44,6 @@ pub const RAW_MESSAGE: usize = 64 << 10;
 /// Bytes buffered between the caller and the WebSocket task.
 const RAW_PIPE: usize = 1 << 20;
 
-/// Which wire protocol a source's port-forwards use: SPDY until it once
-/// failed where WebSocket then worked.
-#[derive(Debug, Default)]
-pub struct Protocols {
-    websocket_only: AtomicBool,
-}
-
-impl Protocols {
-    /// Whether SPDY was given up for WebSocket.
-    pub fn websocket_only(&self) -> bool {
-        self.websocket_only.load(Ordering::Relaxed)
-    }
-}
-
-/// Whether a failed SPDY upgrade is worth retrying over WebSocket: any
-/// failure except the API server's refusals, which WebSocket would get too.
-fn try_websocket_after(error: &kube::Error) -> bool {
-    !matches!(
-        classify(error),
-        ApiFailure::NotFound | ApiFailure::Forbidden | ApiFailure::Unauthorized
-    )
-}
-
 /// Opens a port-forward to `port` of pod `name`: SPDY, or WebSocket when
 /// SPDY fails (see the module documentation).
 pub async fn open(
@@ -76,24 +51,14 @@ pub async fn open(
     pods: &Api<Pod>,
     name: &str,
     port: u16,
-    protocols: &Protocols,
+    fallback: &Fallback,
 ) -> Result<(PortStream, TaskGuard), kube::Error> {
-    if !protocols.websocket_only() {
-        match open_spdy(client, pods, name, port).await {
-            Err(e) if try_websocket_after(&e) => {
-                tracing::debug!(error = %e, "SPDY port-forward failed; trying WebSocket");
-                let opened = open_websocket(client, pods, name, port).await?;
-                tracing::info!(
-                    "port-forward over SPDY failed ({}); using WebSocket",
-                    super::error::api_message(&e)
-                );
-                protocols.websocket_only.store(true, Ordering::Relaxed);
-                return Ok(opened);
-            }
-            other => return other,
-        }
-    }
-    open_websocket(client, pods, name, port).await
+    fallback
+        .run(
+            || open_spdy(client, pods, name, port),
+            || open_websocket(client, pods, name, port),
+        )
+        .await
 }
 
 /// Opens a port-forward to `port` of pod `name` over SPDY/3.1 as kubectl
@@ -106,7 +71,6 @@ pub async fn open_spdy(
     port: u16,
 ) -> Result<(PortStream, TaskGuard), kube::Error> {
     let path = format!("{}/{name}/portforward", pods.resource_url());
-    let connection = spdy::upgrade(client, &path, "portforward.k8s.io").await?;
     let port_text = port.to_string();
     let error: &[(&str, &str)] = &[
         ("streamType", "error"),
@@ -124,9 +88,7 @@ pub async fn open_spdy(
         read_from: 1,
         error: 0,
     };
-    let session = spdy::start(connection, plan)
-        .await
-        .map_err(|e| kube::Error::Service(Box::new(e)))?;
+    let session = spdy::open(client, &path, "portforward.k8s.io", plan).await?;
     let error_rx = session.error;
     let error = Box::pin(async move { error_rx.await.ok() }) as FailureFuture;
     let what = format!("port-forward to port {port} of pod {name}");

@@ -16,7 +16,9 @@
 //! reader accepts and which need neither a compressor nor SPDY's preset
 //! dictionary; the server's header blocks are skipped unread.
 
+use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper_util::rt::TokioIo;
 use kube::client::{Body, UpgradeConnectionError};
@@ -24,6 +26,7 @@ use kube::core::Status;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 
+use super::error::{api_message, classify, ApiFailure};
 pub use super::stream::TaskGuard;
 
 /// The upgrade token of the HTTP request.
@@ -93,6 +96,55 @@ const GOAWAY: u16 = 7;
 const FLAG_FIN: u8 = 0x01;
 /// An empty, non-final stored deflate block.
 const SYNC_FLUSH: [u8; 5] = [0x00, 0x00, 0x00, 0xff, 0xff];
+
+/// SPDY first, WebSocket when SPDY fails: a source's memory of which
+/// works. SPDY is given up for the rest of the session once it failed
+/// where WebSocket then worked (a proxy that passes only WebSocket
+/// upgrades, an API server without SPDY).
+#[derive(Debug, Default)]
+pub struct Fallback {
+    websocket_only: AtomicBool,
+}
+
+impl Fallback {
+    /// Whether SPDY was given up for WebSocket.
+    pub fn websocket_only(&self) -> bool {
+        self.websocket_only.load(Ordering::Relaxed)
+    }
+
+    /// Opens with `spdy`, or with `websocket` when SPDY failed for any
+    /// reason but the API server's refusals (not found, forbidden,
+    /// unauthorized), which WebSocket would get too.
+    pub async fn run<T, S, W>(
+        &self,
+        spdy: impl FnOnce() -> S,
+        websocket: impl FnOnce() -> W,
+    ) -> Result<T, kube::Error>
+    where
+        S: Future<Output = Result<T, kube::Error>>,
+        W: Future<Output = Result<T, kube::Error>>,
+    {
+        if self.websocket_only() {
+            return websocket().await;
+        }
+        let e = match spdy().await {
+            Err(e)
+                if !matches!(
+                    classify(&e),
+                    ApiFailure::NotFound | ApiFailure::Forbidden | ApiFailure::Unauthorized
+                ) =>
+            {
+                e
+            }
+            other => return other,
+        };
+        tracing::debug!(error = %e, "SPDY upgrade failed; trying WebSocket");
+        let opened = websocket().await?;
+        tracing::info!("SPDY failed ({}); using WebSocket", api_message(&e));
+        self.websocket_only.store(true, Ordering::Relaxed);
+        Ok(opened)
+    }
+}
 
 /// The streams to open and what each is for. Stream `i` gets id `2i + 1`.
 pub struct Plan<'a> {
@@ -234,6 +286,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.start += N;
         out
     }
+}
+
+/// Upgrades a POST to `path` to SPDY with `protocol` ([`upgrade`]) and
+/// opens the plan's streams on it ([`start`]).
+pub async fn open(
+    client: &kube::Client,
+    path: &str,
+    protocol: &str,
+    plan: Plan<'_>,
+) -> Result<Session, kube::Error> {
+    let connection = upgrade(client, path, protocol).await?;
+    start(connection, plan)
+        .await
+        .map_err(|e| kube::Error::Service(Box::new(e)))
 }
 
 /// Opens the plan's streams on an upgraded connection and starts the task
