@@ -9,9 +9,9 @@
 //! WebSocket cost it about 2.8 times the CPU and came through at half of
 //! kubectl's rate (numbers in docs/cluster.md). When the SPDY upgrade fails
 //! for any reason but a refusal the WebSocket would get too (not found,
-//! forbidden, unauthorized), for instance a proxy in front of the API server
-//! that only passes WebSocket upgrades, WebSocket is used, and kept for the
-//! rest of the session ([`Fallback`]).
+//! unauthorized), for instance a proxy in front of the API server that only
+//! passes WebSocket upgrades, WebSocket is used, and kept for the rest of
+//! the session ([`Fallback`]).
 //!
 //! The kubelet reports a failed dial ("connection refused" when nothing
 //! listens on the control port) on the port's error stream and then closes

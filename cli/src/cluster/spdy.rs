@@ -113,8 +113,10 @@ impl Fallback {
     }
 
     /// Opens with `spdy`, or with `websocket` when SPDY failed for any
-    /// reason but the API server's refusals (not found, forbidden,
-    /// unauthorized), which WebSocket would get too.
+    /// reason but not found or unauthorized, which WebSocket would get too.
+    /// A 403 is tried again: the SPDY upgrade is a POST (`create`), the
+    /// WebSocket one a GET, which older API servers authorize as `get`, and
+    /// a Role may grant that alone.
     pub async fn run<T, S, W>(
         &self,
         spdy: impl FnOnce() -> S,
@@ -131,7 +133,7 @@ impl Fallback {
             Err(e)
                 if !matches!(
                     classify(&e),
-                    ApiFailure::NotFound | ApiFailure::Forbidden | ApiFailure::Unauthorized
+                    ApiFailure::NotFound | ApiFailure::Unauthorized
                 ) =>
             {
                 e
