@@ -232,7 +232,7 @@ impl ClusterSource {
                 let port = preflight::control_port(&pod)?;
                 tokio::time::timeout(
                     API_TIMEOUT,
-                    portforward::open(&self.client, &pods, &name, port, &self.fallback),
+                    portforward::open_with(&self.client, &pods, &name, port, &self.fallback),
                 )
                 .await
                 .map(|r| {
