@@ -243,17 +243,27 @@ async fn transports_carry_bytes_both_ways() {
         );
     }
 
-    // Nothing listens on 4598: the kubelet's words reach the reader.
-    for raw in [false, true] {
+    // Nothing listens on 4598: the kubelet's words reach the reader, with
+    // every port-forward client.
+    for client_kind in ["spdy", "websocket", "kube"] {
         // The guard must outlive the stream: dropping it ends the forward.
-        let (mut io, _guard): (Box<dyn Duplex>, Box<dyn Send>) = if raw {
-            let (io, guard) = portforward::open(&client, &pods, "echo", 4598)
-                .await
-                .unwrap();
-            (Box::new(io), Box::new(guard))
-        } else {
-            let (io, guard) = open_kube(&pods, "echo", 4598).await.unwrap();
-            (Box::new(io), Box::new(guard))
+        let (mut io, _guard): (Box<dyn Duplex>, Box<dyn Send>) = match client_kind {
+            "spdy" => {
+                let (io, guard) = portforward::open_spdy(&client, &pods, "echo", 4598)
+                    .await
+                    .unwrap();
+                (Box::new(io), Box::new(guard))
+            }
+            "websocket" => {
+                let (io, guard) = portforward::open_websocket(&client, &pods, "echo", 4598)
+                    .await
+                    .unwrap();
+                (Box::new(io), Box::new(guard))
+            }
+            _ => {
+                let (io, guard) = open_kube(&pods, "echo", 4598).await.unwrap();
+                (Box::new(io), Box::new(guard))
+            }
         };
         let _ = io.write_all(b"hello").await;
         let mut buf = [0u8; 16];
@@ -262,7 +272,7 @@ async fn transports_carry_bytes_both_ways() {
             .expect("no answer from a closed port")
             .expect_err("a closed port gives an error");
         let text = err.to_string();
-        eprintln!("closed port (raw: {raw}): {text}");
+        eprintln!("closed port ({client_kind}): {text}");
         assert!(
             text.starts_with("port-forward to port 4598 of pod echo: "),
             "{text}"
@@ -270,39 +280,73 @@ async fn transports_carry_bytes_both_ways() {
         assert!(text.contains("4598"), "{text}");
     }
 
-    // Both port-forward implementations side by side: kube's Portforwarder
-    // and the raw WebSocket one.
+    // The port-forward clients side by side: kube's Portforwarder, ours
+    // over WebSocket, ours over SPDY (the default).
     for round in 0..2 {
         let (io, guard) = open_kube(&pods, "echo", 4499)
             .await
             .expect("kube port-forward");
         let kube_mbps = echo_round_trip(Box::new(io), size()).await;
         drop(guard);
-        let (io, guard) = portforward::open(&client, &pods, "echo", 4499)
+        let (io, guard) = portforward::open_websocket(&client, &pods, "echo", 4499)
             .await
-            .expect("raw port-forward");
-        let raw_mbps = echo_round_trip(Box::new(io), size()).await;
+            .expect("WebSocket port-forward");
+        let websocket_mbps = echo_round_trip(Box::new(io), size()).await;
+        drop(guard);
+        let (io, guard) = portforward::open_spdy(&client, &pods, "echo", 4499)
+            .await
+            .expect("SPDY port-forward");
+        let spdy_mbps = echo_round_trip(Box::new(io), size()).await;
         drop(guard);
         eprintln!(
-            "THROUGHPUT round {round}: kube Portforwarder {kube_mbps:.1} MB/s, raw WebSocket {raw_mbps:.1} MB/s ({} MiB echo)",
+            "THROUGHPUT round {round}: kube Portforwarder {kube_mbps:.1} MB/s, WebSocket {websocket_mbps:.1} MB/s, SPDY {spdy_mbps:.1} MB/s ({} MiB echo)",
             size() >> 20
         );
     }
 
-    // A command that fails: its Status reaches the reader.
-    let (mut io, _process) = exec::open(&pods, "echo", "rpf-sidecar", &["/no-such-binary"])
+    // A command that fails: its Status reaches the reader, over SPDY and
+    // over WebSocket.
+    for spdy in [true, false] {
+        let command = ["/no-such-binary"];
+        let (mut io, _guard): (Box<dyn Duplex>, Box<dyn Send>) = if spdy {
+            let (io, guard) = exec::open_spdy(&client, &pods, "echo", "rpf-sidecar", &command)
+                .await
+                .expect("exec");
+            (Box::new(io), Box::new(guard))
+        } else {
+            let (io, process) = exec::open_websocket(&pods, "echo", "rpf-sidecar", &command)
+                .await
+                .expect("exec");
+            (Box::new(io), Box::new(process))
+        };
+        let mut buf = [0u8; 16];
+        let err = tokio::time::timeout(Duration::from_secs(20), io.read(&mut buf))
+            .await
+            .expect("no answer from a failing exec")
+            .expect_err("a failing command gives an error");
+        eprintln!("failing exec (SPDY: {spdy}): {err}");
+        assert!(
+            err.to_string()
+                .starts_with("exec of \"/no-such-binary\" in container rpf-sidecar of pod echo: "),
+            "{err}"
+        );
+    }
+
+    // Both exec clients side by side.
+    let command = ["/rpf-sidecar", "stdio"];
+    let (io, process) = exec::open_websocket(&pods, "echo", "rpf-sidecar", &command)
         .await
-        .expect("exec");
-    let mut buf = [0u8; 16];
-    let err = tokio::time::timeout(Duration::from_secs(20), io.read(&mut buf))
+        .expect("WebSocket exec");
+    let websocket_mbps = echo_round_trip(Box::new(io), size()).await;
+    drop(process);
+    let (io, guard) = exec::open_spdy(&client, &pods, "echo", "rpf-sidecar", &command)
         .await
-        .expect("no answer from a failing exec")
-        .expect_err("a failing command gives an error");
-    eprintln!("failing exec: {err}");
-    assert!(
-        err.to_string()
-            .starts_with("exec of \"/no-such-binary\" in container rpf-sidecar of pod echo: "),
-        "{err}"
+        .expect("SPDY exec");
+    let spdy_mbps = echo_round_trip(Box::new(io), size()).await;
+    drop(guard);
+    eprintln!(
+        "THROUGHPUT exec: WebSocket {websocket_mbps:.1} MB/s, SPDY {spdy_mbps:.1} MB/s ({} MiB echo)",
+        size() >> 20
     );
 }
 
@@ -402,7 +446,7 @@ impl Drop for ForwarderGuard {
 /// Opens a port-forward to `port` of pod `name` with kube's own
 /// `Portforwarder`, for the comparison below (see docs/cluster.md): it
 /// sends at most 4 KiB per WebSocket message and measured 3x slower than
-/// [`portforward::open`].
+/// [`portforward::open_websocket`].
 async fn open_kube(
     pods: &Api<Pod>,
     name: &str,

@@ -22,6 +22,7 @@ pub mod preflight;
 mod ranking;
 pub mod rbac;
 pub mod resolve;
+mod spdy;
 mod stream;
 pub mod target;
 #[cfg(test)]
@@ -58,6 +59,8 @@ pub struct ClusterSource {
     /// opened; not for an `rpf expose` relay, which is ready only once a
     /// session has bound its listeners.
     need_ready: bool,
+    /// SPDY or WebSocket (a fallback is remembered).
+    fallback: spdy::Fallback,
 }
 
 impl std::fmt::Debug for ClusterSource {
@@ -167,6 +170,7 @@ impl ClusterSource {
             target,
             transport,
             need_ready: true,
+            fallback: Default::default(),
         })
     }
 
@@ -179,6 +183,7 @@ impl ClusterSource {
             target: Target::pod(pod),
             transport: Transport::Portforward,
             need_ready: false,
+            fallback: Default::default(),
         }
     }
 
@@ -195,6 +200,7 @@ impl ClusterSource {
             target,
             transport,
             need_ready: true,
+            fallback: Default::default(),
         }
     }
 
@@ -237,7 +243,7 @@ impl ClusterSource {
                 let port = preflight::control_port(&pod)?;
                 tokio::time::timeout(
                     API_TIMEOUT,
-                    portforward::open(&self.client, &pods, &name, port),
+                    portforward::open_with(&self.client, &pods, &name, port, &self.fallback),
                 )
                 .await
                 .map(|r| {
@@ -252,14 +258,21 @@ impl ClusterSource {
                 let command = [SIDECAR_BINARY_PATH, "stdio"];
                 tokio::time::timeout(
                     API_TIMEOUT,
-                    exec::open(&pods, &name, SIDECAR_CONTAINER, &command),
+                    exec::open(
+                        &self.client,
+                        &pods,
+                        &name,
+                        SIDECAR_CONTAINER,
+                        &command,
+                        &self.fallback,
+                    ),
                 )
                 .await
                 .map(|r| {
                     r.map(|(io, guard)| Channel {
-                        io: Box::new(io),
+                        io,
                         place,
-                        guard: Some(Box::new(guard)),
+                        guard: Some(guard),
                     })
                 })
             }

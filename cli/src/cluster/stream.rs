@@ -17,6 +17,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The far side's failure, in words (`None`: it ended without one).
 pub type FailureFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
+/// Keeps a transport's connection task running; stops it when dropped
+/// (the channel's guard).
+pub struct TaskGuard(pub tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A transport's byte stream with its failure report.
 pub struct ReportingStream<S> {
     inner: S,
