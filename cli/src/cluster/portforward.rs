@@ -46,8 +46,6 @@ const RAW_PIPE: usize = 1 << 20;
 
 /// Opens a port-forward to `port` of pod `name`: SPDY, or WebSocket when
 /// SPDY fails (see the module documentation), for a one-off forward.
-// Kept with this signature for `rpf doctor`'s probe (on main).
-#[allow(dead_code)]
 pub async fn open(
     client: &kube::Client,
     pods: &Api<Pod>,
