@@ -100,8 +100,9 @@ impl Demo {
             }
             assert!(
                 Instant::now() < deadline,
-                "demo.sh still running after {timeout:?}:\n{}",
-                self.transcript()
+                "demo.sh still running after {timeout:?}:\n{}\nits processes:\n{}",
+                self.transcript(),
+                process_tree(self.child.id())
             );
             thread::sleep(Duration::from_millis(100));
         }
@@ -117,6 +118,18 @@ impl Drop for Demo {
                 .status();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// `ps` of `pid` and its descendants: when the script hangs, which step.
+fn process_tree(pid: u32) -> String {
+    let out = Command::new("ps")
+        .args(["-o", "pid,ppid,stat,etime,args", "--forest", "-g"])
+        .arg(pid.to_string())
+        .output();
+    match out {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("(ps: {e})"),
     }
 }
 
