@@ -43,8 +43,11 @@ struct Demo {
 
 impl Demo {
     fn start(args: &[&str], envs: &[(&str, String)]) -> Self {
-        let mut child = Command::new("bash")
-            .arg("-c")
+        // SIGINT back to its default: a test run started in the background
+        // (`cmd &` in a script) inherits it ignored, and a shell cannot trap
+        // a signal ignored on entry, so the Ctrl-C test would hang.
+        let mut child = Command::new("env")
+            .args(["--default-signal=INT", "bash", "-c"])
             .arg("exec ./demo.sh \"$@\" 2>&1")
             .arg("demo.sh")
             .args(args)
@@ -124,7 +127,7 @@ impl Drop for Demo {
 /// `ps` of `pid` and its descendants: when the script hangs, which step.
 fn process_tree(pid: u32) -> String {
     let out = Command::new("ps")
-        .args(["-o", "pid,ppid,stat,etime,args", "--forest", "-g"])
+        .args(["-o", "pid,ppid,stat,etime,args", "--forest", "--ppid"])
         .arg(pid.to_string())
         .output();
     match out {
