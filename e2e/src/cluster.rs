@@ -13,12 +13,13 @@
 //!   unset those tests print why they are skipped and return.
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The repository root (the Cargo workspace).
 pub fn repo_root() -> PathBuf {
@@ -333,6 +334,94 @@ pub fn build_and_load(out: &Path, archives: &[&str], tag: &str) {
         eprintln!("[cluster] loading {} with `{loader}`", path.display());
         run(Command::new(program).args(words.clone()).arg(&path));
     }
+}
+
+/// The images of this workspace tagged `RPF_E2E_IMAGE_TAG` (default `e2e`),
+/// built into `out` and loaded into the node: `(sidecar, webhook)`. Only
+/// the `archives` given (e.g. `rpf-sidecar.tar`) are loaded.
+pub fn load_images(out: &Path, archives: &[&str]) -> (String, String) {
+    let tag = env_or("RPF_E2E_IMAGE_TAG", "e2e");
+    let (sidecar, webhook) = images_env();
+    build_and_load(out, archives, &tag);
+    (with_tag(&sidecar, &tag), with_tag(&webhook, &tag))
+}
+
+/// A suffix for object names that no other run shares: process id and
+/// the clock's nanoseconds.
+pub fn unique_suffix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{}-{nanos:x}", std::process::id())
+}
+
+/// Deletes namespaces when dropped (also when the test panics), unless
+/// `RPF_E2E_KEEP` is set.
+pub struct DeleteNamespaces {
+    /// The cluster's kubectl.
+    pub kubectl: Kubectl,
+    /// The namespaces.
+    pub names: Vec<String>,
+}
+
+impl Drop for DeleteNamespaces {
+    fn drop(&mut self) {
+        if std::env::var_os("RPF_E2E_KEEP").is_some() {
+            eprintln!("[cluster] keeping namespaces {:?}", self.names);
+            return;
+        }
+        for name in &self.names {
+            eprintln!("[cluster] cleanup: deleting namespace {name}");
+            let _ = self.kubectl.try_run([
+                "delete",
+                "namespace",
+                name,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+        }
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` with its stdout and stderr read line by line: each line is
+/// echoed to the test's stderr and sent as `stdout: …` or `stderr: …`.
+pub fn spawn_with_lines(cmd: &mut Command) -> (Child, Receiver<String>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let (tx, lines) = mpsc::channel();
+    for (tag, stream) in [
+        (
+            "stdout",
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        ),
+        ("stderr", Box::new(child.stderr.take().unwrap())),
+    ] {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("    rpf {tag}: {line}");
+                if tx.send(format!("{tag}: {line}")).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    (child, lines)
 }
 
 /// Where the manifests install the webhook: namespace and Deployment name.

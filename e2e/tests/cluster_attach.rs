@@ -24,43 +24,19 @@
 //! - `RPF_E2E_SKIP_BUILD=1`: use the sidecar archive already built.
 //! - `RPF_E2E_RPF`: the `rpf` binary (default: built by cargo).
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rpf_e2e::cluster::{
-    apply_stdin, build_and_load, env_or, host_server, images_env, rpf_binary, sa_kubeconfig,
-    wait_for, with_tag, Kubectl,
+    apply_stdin, env_or, host_server, load_images, rpf_binary, sa_kubeconfig, spawn_with_lines,
+    unique_suffix, wait_for, DeleteNamespaces, Kubectl,
 };
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[cluster_attach] {}", msg.as_ref());
-}
-
-/// Deletes the test namespace when dropped (also when the test panics).
-struct Namespace {
-    kubectl: Kubectl,
-    name: String,
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        if std::env::var_os("RPF_E2E_KEEP").is_some() {
-            log(format!("keeping namespace {}", self.name));
-            return;
-        }
-        log(format!("cleanup: deleting namespace {}", self.name));
-        let _ = self.kubectl.try_run([
-            "delete",
-            "namespace",
-            &self.name,
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
-    }
 }
 
 /// A running `rpf attach`, its output arriving line by line.
@@ -79,30 +55,7 @@ impl Drop for Attach {
 
 impl Attach {
     fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let (tx, lines) = mpsc::channel();
-        for (tag, stream) in [
-            (
-                "stdout",
-                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            ),
-            ("stderr", Box::new(child.stderr.take().unwrap())),
-        ] {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    eprintln!("    rpf {tag}: {line}");
-                    if tx.send(format!("{tag}: {line}")).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let (child, lines) = spawn_with_lines(cmd);
         Attach {
             child,
             lines,
@@ -340,29 +293,19 @@ fn cluster_attach() {
     let kubeconfig = kubectl.kubeconfig.clone().unwrap();
     let started = Instant::now();
 
-    let tag = env_or("RPF_E2E_IMAGE_TAG", "e2e");
-    let sidecar = with_tag(&images_env().0, &tag);
     let client = env_or("RPF_E2E_CLIENT_IMAGE", "busybox:1.36");
-    build_and_load(
+    let (sidecar, _) = load_images(
         &Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-images"),
         &["rpf-sidecar.tar"],
-        &tag,
     );
     let rpf = rpf_binary();
 
-    let suffix = format!(
-        "{}-{:x}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
+    let suffix = unique_suffix();
     let ns = format!("rpf-e2e-attach-{suffix}");
     kubectl.run(["create", "namespace", &ns]);
-    let _namespace = Namespace {
+    let _namespace = DeleteNamespaces {
         kubectl: kubectl.clone(),
-        name: ns.clone(),
+        names: vec![ns.clone()],
     };
     log(format!("namespace {ns}"));
     apply(&kubectl, &manifests(&ns, &sidecar, &client));

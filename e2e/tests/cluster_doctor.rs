@@ -36,9 +36,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rpf_e2e::cluster::{
-    apply_stdin, build_and_load, env_or, host_server, images_env, render_install, rpf_binary,
-    sa_kubeconfig, wait_for, wait_webhook_gone, webhook_rollout, with_tag, Kubectl, WEBHOOK,
-    WEBHOOK_NS,
+    apply_stdin, env_or, host_server, load_images, render_install, rpf_binary, sa_kubeconfig,
+    wait_for, wait_webhook_gone, webhook_rollout, Kubectl, WEBHOOK, WEBHOOK_NS,
 };
 use serde_json::Value;
 
@@ -309,15 +308,12 @@ fn cluster_doctor() {
     }
 
     // Images and the CLI first, so the install lasts no longer than needed.
-    let tag = env_or("RPF_E2E_IMAGE_TAG", "e2e");
-    let (sidecar, webhook) = images_env();
-    let (sidecar, webhook) = (with_tag(&sidecar, &tag), with_tag(&webhook, &tag));
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("doctor-cluster");
-    build_and_load(
+    let (sidecar, webhook) = load_images(
         &Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-images"),
         &["rpf-sidecar.tar", "rpf-webhook.tar"],
-        &tag,
     );
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("doctor-cluster");
+
     let rpf = rpf_binary();
     let client_image = env_or("RPF_E2E_CLIENT_IMAGE", "busybox:1.36");
 

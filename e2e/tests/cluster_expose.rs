@@ -15,54 +15,19 @@
 //! namespaces, `expose-e2e-*` and `expose-e2e-client-*`, deleted at the end
 //! (also on failure).
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rpf_e2e::cluster::{
-    build_and_load, env_or, images_env, rpf_binary, wait_for, with_tag, Kubectl,
+    env_or, load_images, rpf_binary, spawn_with_lines, unique_suffix, wait_for, DeleteNamespaces,
+    Kill, Kubectl,
 };
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[cluster_expose] {}", msg.as_ref());
-}
-
-/// Deletes the test namespaces when dropped (also when the test panics).
-struct Namespaces {
-    kubectl: Kubectl,
-    names: Vec<String>,
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        if std::env::var_os("RPF_E2E_KEEP").is_some() {
-            log(format!("keeping namespaces {:?}", self.names));
-            return;
-        }
-        for name in &self.names {
-            log(format!("cleanup: deleting namespace {name}"));
-            let _ = self.kubectl.try_run([
-                "delete",
-                "namespace",
-                name,
-                "--ignore-not-found",
-                "--wait=false",
-            ]);
-        }
-    }
-}
-
-/// A child process killed when dropped.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A running `rpf expose`, its output arriving line by line.
@@ -76,30 +41,7 @@ struct Expose {
 
 impl Expose {
     fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let (tx, lines) = mpsc::channel();
-        for (tag, stream) in [
-            (
-                "stdout",
-                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            ),
-            ("stderr", Box::new(child.stderr.take().unwrap())),
-        ] {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    eprintln!("    rpf {tag}: {line}");
-                    if tx.send(format!("{tag}: {line}")).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let (child, lines) = spawn_with_lines(cmd);
         Expose {
             child: Kill(child),
             lines,
@@ -240,27 +182,17 @@ fn cluster_expose() {
     };
     let kubeconfig = kubectl.kubeconfig.clone().unwrap();
     let started = Instant::now();
-    let tag = env_or("RPF_E2E_IMAGE_TAG", "e2e");
-    let sidecar = with_tag(&images_env().0, &tag);
     let client_image = env_or("RPF_E2E_CLIENT_IMAGE", "busybox:1.36");
-    build_and_load(
+    let (sidecar, _) = load_images(
         &Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-images"),
         &["rpf-sidecar.tar"],
-        &tag,
     );
     let rpf = rpf_binary();
 
-    let suffix = format!(
-        "{}-{:x}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
+    let suffix = unique_suffix();
     let ns = format!("expose-e2e-{suffix}");
     let client_ns = format!("expose-e2e-client-{suffix}");
-    let _cleanup = Namespaces {
+    let _cleanup = DeleteNamespaces {
         kubectl: kubectl.clone(),
         names: vec![ns.clone(), client_ns.clone()],
     };

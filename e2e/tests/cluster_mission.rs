@@ -32,14 +32,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rpf_e2e::cluster::{
-    apply_stdin, build_and_load, env_or, host_server, images_env, render_install, rpf_binary,
-    wait_for, wait_webhook_gone, webhook_rollout, with_tag, Kubectl, WEBHOOK, WEBHOOK_NS,
+    apply_stdin, env_or, host_server, load_images, render_install, rpf_binary, wait_for,
+    wait_webhook_gone, webhook_rollout, Kill, Kubectl, WEBHOOK, WEBHOOK_NS,
 };
 
 fn log(msg: impl AsRef<str>) {
@@ -84,16 +84,6 @@ impl Drop for Namespace {
                 "--wait=false",
             ]);
         }
-    }
-}
-
-/// Kills a child process (the `rpf attach`) when dropped.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -182,14 +172,11 @@ fn cluster_mission() {
     }
 
     // 1. Images.
-    let tag = env_or("RPF_E2E_IMAGE_TAG", "e2e");
-    let (sidecar, webhook) = images_env();
-    let (sidecar, webhook) = (with_tag(&sidecar, &tag), with_tag(&webhook, &tag));
-    build_and_load(
+    let (sidecar, webhook) = load_images(
         &Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-images"),
         &["rpf-sidecar.tar", "rpf-webhook.tar"],
-        &tag,
     );
+
     // Build the CLI now, so the cluster-wide install below lasts no longer
     // than the test needs it.
     let rpf = rpf_binary();

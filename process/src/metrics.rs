@@ -78,21 +78,31 @@ fn answer(path: &str, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
             "not found: try /metrics\n".to_string(),
         )
     };
+    response(status, CONTENT_TYPE, body)
+}
+
+/// A response with `body` as `content_type`: both endpoints answer so.
+pub(crate) fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(CONTENT_TYPE),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     response
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn get(addr: SocketAddr, path: &str) -> String {
+    /// A plain HTTP/1.1 GET, the whole response as text.
+    pub(crate) async fn get(addr: SocketAddr, path: &str) -> String {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
         tcp.write_all(request.as_bytes()).await.unwrap();

@@ -43,29 +43,14 @@ fn answer(path: &str, check: &dyn Fn() -> Result<String, String>) -> Response<Fu
         Some(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, why),
         None => (StatusCode::NOT_FOUND, "not found: try /ready".to_owned()),
     };
-    let mut response = Response::new(Full::new(Bytes::from(body + "\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    crate::metrics::response(status, "text/plain; charset=utf-8", body + "\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::tests::get;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    async fn get(addr: SocketAddr, path: &str) -> String {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        tcp.read_to_string(&mut response).await.unwrap();
-        response
-    }
 
     #[tokio::test]
     async fn answers_what_check_says_on_ready_only() {
