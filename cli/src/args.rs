@@ -73,15 +73,9 @@ pub struct AttachArgs {
     #[arg(long, value_name = "COMMAND")]
     pub via: Option<String>,
 
-    /// Namespace of the target (default: the context's namespace).
-    #[arg(short, long, env = "RPF_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Kubeconfig context to use.
-    #[arg(long)]
-    pub context: Option<String>,
-    /// Path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config).
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
+    /// Namespace, context and kubeconfig.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
     /// How to reach the sidecar.
     #[arg(long, value_enum, default_value_t = Transport::Portforward)]
     pub transport: Transport,
@@ -144,7 +138,7 @@ fn parse_idle(s: &str) -> Result<std::time::Duration, String> {
 /// Which cluster and namespace, as kubectl's flags name them.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterFlags {
-    /// Namespace to work in (default: the context's namespace).
+    /// Namespace to work in, of TARGET too (default: the context's namespace).
     #[arg(short, long, env = "RPF_NAMESPACE")]
     pub namespace: Option<String>,
     /// Kubeconfig context to use.
@@ -280,17 +274,6 @@ pub struct InjectArgs {
     /// Always); only for clusters running Kubernetes 1.29 or later.
     #[arg(long)]
     pub native_sidecar: bool,
-}
-
-impl AttachArgs {
-    /// The cluster flags, for the cluster module.
-    pub fn cluster(&self) -> ClusterOptions {
-        ClusterOptions {
-            kubeconfig: self.kubeconfig.clone(),
-            context: self.context.clone(),
-            namespace: self.namespace.clone(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Resul
     let mut source = match (&args.via, target) {
         (Some(command), _) => Source::Via(ViaSource::new(command)),
         (None, Some(target)) => Source::Cluster(Box::new(
-            crate::cluster::ClusterSource::new(&args.cluster(), args.transport, target)
+            crate::cluster::ClusterSource::new(&args.cluster.options(), args.transport, target)
                 .await
                 .map_err(|e| e.error)?,
         )),

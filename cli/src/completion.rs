@@ -12,7 +12,6 @@
 //! bounded by a short timeout). zsh and PowerShell get clap's static script.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory};
@@ -23,7 +22,6 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{Api, Client, Resource};
 
 use crate::args::Cli;
-use crate::cluster::ClusterOptions;
 
 /// `rpf completion`.
 #[derive(Debug, Args)]
@@ -40,15 +38,9 @@ pub struct CompletionArgs {
 /// `rpf __complete-targets` (hidden; called by the completion scripts).
 #[derive(Debug, Args)]
 pub struct CompleteTargetsArgs {
-    /// Namespace to list (default: the context's namespace).
-    #[arg(short, long)]
-    pub namespace: Option<String>,
-    /// Kubeconfig context to use.
-    #[arg(long)]
-    pub context: Option<String>,
-    /// Path to the kubeconfig file.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
+    /// Namespace, context and kubeconfig.
+    #[command(flatten)]
+    pub cluster: crate::args::ClusterFlags,
     /// The word being completed.
     #[arg(default_value = "")]
     pub word: String,
@@ -120,13 +112,7 @@ pub async fn run_targets(args: &CompleteTargetsArgs) -> anyhow::Result<()> {
 /// Every candidate for `word`: bare pod names and the kind prefixes, or the
 /// `KIND/NAME`s of the kind the word names.
 async fn candidates(args: &CompleteTargetsArgs) -> anyhow::Result<Vec<String>> {
-    let (client, namespace) = ClusterOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-        namespace: args.namespace.clone(),
-    }
-    .connect()
-    .await?;
+    let (client, namespace) = args.cluster.options().connect().await?;
     let Some((kind, _)) = args.word.split_once('/') else {
         let mut out = names::<Pod>(&client, &namespace).await?;
         out.extend(KINDS.iter().map(|k| (*k).to_owned()));

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::{Api, Client};
 use rpf_proto::{PROTOCOL_VERSION, SIDECAR_CONTAINER, SOFTWARE_VERSION};
 
-use crate::cluster::{resolve, ClusterError, ClusterOptions, Target};
+use crate::cluster::{resolve, ClusterError, Target};
 
 /// The name of the webhook configuration and Deployment the manifests install.
 pub const WEBHOOK_NAME: &str = "rpf-webhook";
@@ -28,15 +28,9 @@ pub struct VersionArgs {
     /// Also show the sidecar of this pod or workload (pod/NAME, deploy/NAME, ...).
     #[arg(value_name = "TARGET")]
     pub target: Option<String>,
-    /// Namespace of TARGET (default: the context's).
-    #[arg(short, long, env = "RPF_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// kubeconfig context.
-    #[arg(long)]
-    pub context: Option<String>,
-    /// kubeconfig file.
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Namespace, context and kubeconfig.
+    #[command(flatten)]
+    pub cluster: crate::args::ClusterFlags,
 }
 
 /// What `rpf version` found, one line each.
@@ -52,12 +46,7 @@ pub async fn run(args: &VersionArgs) -> anyhow::Result<()> {
     if args.client {
         return Ok(());
     }
-    let options = ClusterOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-        namespace: args.namespace.clone(),
-    };
-    let (client, namespace) = options.connect().await?;
+    let (client, namespace) = args.cluster.options().connect().await?;
     let server = client
         .apiserver_version()
         .await
