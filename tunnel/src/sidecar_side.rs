@@ -826,6 +826,12 @@ async fn carry(tcp: TcpStream, peer: SocketAddr, id: u32, ctx: &Core) {
 /// the control stream must not carry a flood. The rest are only counted.
 const UDP_EVENTS_PER_SECOND: u32 = 10;
 
+/// How much later than the CLI the sidecar ends an idle flow. The CLI
+/// decides idleness and closes the stream cleanly; the sidecar's own timer
+/// is only a backstop for a CLI that never does. Two equal timers would race
+/// and the loser would see a reset instead of an idle end.
+const UDP_IDLE_BACKSTOP: Duration = Duration::from_secs(2);
+
 /// Receives the datagrams of one UDP listener socket and hands each to the
 /// flow of its peer address, opening a flow for a new peer (within the
 /// allow list and the flow limit).
@@ -1013,7 +1019,7 @@ async fn carry_flow(
         outbox,
         sink: Sink::Peer(socket, peer),
         source: std::future::pending(),
-        idle,
+        idle: idle + UDP_IDLE_BACKSTOP,
         out_meters: &m.udp.pod_to_local,
         in_meters: &m.udp.local_to_pod,
         cancel: &link.channel,
