@@ -101,6 +101,25 @@ pub async fn bulk(
     })
 }
 
+/// Accept queue of the test servers: what Go servers get from the kernel
+/// (`net.core.somaxconn`, 4,096 today), not the 128 of `std` and tokio.
+/// With 128, a burst of 1,000 connections from the CLI overflows the
+/// queue, SYN cookies fail for some and the kernel resets them: a property
+/// of the peer, not of rpf.
+const BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with a real server's accept queue ([`BACKLOG`]).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Echoes every connection on `listener` until the process ends.
 pub async fn echo_server(listener: TcpListener) {
     loop {

@@ -645,7 +645,9 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     // its old connections sit in TIME_WAIT; it never steals a live listener.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    // The accept queue Go servers get (the kernel caps it at
+    // `net.core.somaxconn`): a burst of pod connections waits, not resets.
+    socket.listen(4096)
 }
 
 /// Binds a UDP socket. No SO_REUSEADDR: for UDP it would let two sockets

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use rpf_e2e::peer::{echo_server, many};
+use rpf_e2e::peer::{echo_server, listen, many};
 use rpf_e2e::process::{bin, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -177,9 +177,9 @@ struct Servers {
 
 impl Servers {
     async fn start() -> anyhow::Result<Self> {
-        let echo = TcpListener::bind("127.0.0.1:0").await?;
-        let sink = TcpListener::bind("127.0.0.1:0").await?;
-        let source = TcpListener::bind("127.0.0.1:0").await?;
+        let echo = listen(([127, 0, 0, 1], 0).into())?;
+        let sink = listen(([127, 0, 0, 1], 0).into())?;
+        let source = listen(([127, 0, 0, 1], 0).into())?;
         let s = Servers {
             echo: echo.local_addr()?,
             sink: sink.local_addr()?,

@@ -11,7 +11,7 @@ use rpf_e2e::{peer, udp_peer};
 
 /// How long a UDP reply may take before the run counts it lost.
 const WAIT: Duration = Duration::from_secs(10);
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             seed,
             after_eof,
         } => {
-            let listener = TcpListener::bind(listen).await?;
+            let listener = peer::listen(listen)?;
             println!("listening {}", listener.local_addr()?);
             loop {
                 let (tcp, _) = listener.accept().await?;
@@ -139,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Echo { listen } => {
-            let listener = TcpListener::bind(listen).await?;
+            let listener = peer::listen(listen)?;
             println!("listening {}", listener.local_addr()?);
             peer::echo_server(listener).await;
         }
@@ -185,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{{\"echoed\":{echoed}}}");
         }
         Cmd::Listen { listen } => {
-            let listener = TcpListener::bind(listen).await?;
+            let listener = peer::listen(listen)?;
             println!("listening {}", listener.local_addr()?);
             std::future::pending::<()>().await;
         }
