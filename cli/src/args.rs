@@ -117,6 +117,10 @@ pub struct AttachArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Output: lines for people, or one JSON event a line on stdout
+    /// (docs/events.md).
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
 }
 
 /// A duration as humantime (`30s`, `2m`, `1m30s`) or plain seconds (`45`).
@@ -213,6 +217,10 @@ pub struct ExposeArgs {
     /// How long to wait for the first relay pod to run, e.g. 30s, 2m.
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
     pub pod_running_timeout: std::time::Duration,
+    /// Output: lines for people, or one JSON event a line on stdout
+    /// (docs/events.md).
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
 }
 
 /// Connections per port and relay unless `--max-connections`: a Service is
@@ -242,8 +250,27 @@ pub struct DoctorArgs {
     #[arg(long, value_enum, default_value_t = Transport::Portforward)]
     pub transport: Transport,
     /// Output format: aligned text, or one JSON object a line.
-    #[arg(short, long, value_enum, default_value_t = crate::doctor::report::Format::Text)]
-    pub output: crate::doctor::report::Format,
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+/// How `attach`, `expose` and `doctor` print what happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line on stdout, for scripts (docs/events.md and
+    /// docs/doctor.md name the fields).
+    Json,
+}
+
+impl From<Format> for rpf_tunnel::events::Output {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Text => Self::Human,
+            Format::Json => Self::Json,
+        }
+    }
 }
 
 /// `rpf cleanup`.

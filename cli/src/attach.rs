@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::args::AttachArgs;
 use crate::channel::{Channel, OpenError, Place};
+use crate::events::Event;
 use crate::spec::{PortSpec, Protocol};
 use crate::via::ViaSource;
 
@@ -61,6 +62,7 @@ pub async fn run(args: AttachArgs, shutdown: CancellationToken) -> anyhow::Resul
     }
     let specs = PortSpec::parse_all(specs)?;
     let mut config = CliConfig::new(forwards(&specs, &args));
+    config.output = args.output.into();
     // Without reconnecting nobody would come back for the kept ports.
     if !args.no_reconnect {
         config.grace = args.grace;
@@ -226,10 +228,20 @@ pub async fn supervise(
                 }
             }
         };
-        if resumed {
-            eprintln!("Reconnected to {place}; session resumed, its ports in the pod stayed open");
-        } else if established_once {
-            eprintln!("Reconnected to {place}");
+        if established_once || resumed {
+            let event = Event::Reconnected {
+                place: &place,
+                resumed,
+            };
+            config.output.report(&event, || {
+                if resumed {
+                    eprintln!(
+                        "Reconnected to {place}; session resumed, its ports in the pod stayed open"
+                    );
+                } else {
+                    eprintln!("Reconnected to {place}");
+                }
+            });
         }
         announce(&session.bound, &place);
         established_once = true;
@@ -237,18 +249,29 @@ pub async fn supervise(
         ticket = session.ticket.clone();
         let served = session.serve(shutdown.clone()).await;
         drop(transport);
-        match served {
+        let e = match served {
             Ok(()) => return Ok(()),
-            Err(e) if policy.reconnect && e.is_retryable() => match &ticket {
-                Some(t) => eprintln!(
-                    "Lost connection to {place}: {e}; reconnecting (the sidecar keeps the ports for {}s)",
-                    Duration::from_millis(t.grace_ms).as_secs()
-                ),
-                None => eprintln!("Lost connection to {place}: {e}; reconnecting"),
-            },
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!("lost connection to {place}")))
-            }
+            Err(e) => e,
+        };
+        let reconnecting = policy.reconnect && e.is_retryable();
+        let grace_s = ticket
+            .as_ref()
+            .map(|t| Duration::from_millis(t.grace_ms).as_secs());
+        let event = Event::Lost {
+            place: &place,
+            error: e.to_string(),
+            reconnecting,
+            grace_s: grace_s.filter(|_| reconnecting),
+        };
+        config.output.report(&event, || match grace_s {
+            _ if !reconnecting => {}
+            Some(grace) => eprintln!(
+                "Lost connection to {place}: {e}; reconnecting (the sidecar keeps the ports for {grace}s)"
+            ),
+            None => eprintln!("Lost connection to {place}: {e}; reconnecting"),
+        });
+        if !reconnecting {
+            return Err(anyhow::Error::new(e).context(format!("lost connection to {place}")));
         }
     }
 }
@@ -406,10 +429,18 @@ fn print_forwarding(bound: &[BoundListener], specs: &[PortSpec], config: &CliCon
             Protocol::Udp => "/udp",
         };
         for addr in &listener.addrs {
-            println!(
-                "Forwarding from {addr}{suffix} in {place} -> {}{suffix}",
-                spec.local_display()
-            );
+            let event = Event::Forwarding {
+                place,
+                address: *addr,
+                protocol: spec.protocol,
+                target: spec.local_display(),
+            };
+            config.output.report(&event, || {
+                println!(
+                    "Forwarding from {addr}{suffix} in {place} -> {}{suffix}",
+                    spec.local_display()
+                )
+            });
         }
     }
 }

@@ -17,6 +17,7 @@ mod channel;
 mod cluster;
 mod completion;
 mod doctor;
+mod events;
 mod exit;
 mod expose;
 mod inject;
@@ -38,6 +39,12 @@ pub fn main() -> ExitCode {
     // The doctor's report is its output: the tunnel's progress lines (a
     // probe connection) would only interleave with it, unless asked for.
     let doctor = matches!(cli.command, Command::Doctor(_)) && cli.verbose == 0;
+    // Scripts reading events learn how the command ended from the stream.
+    let events = match &cli.command {
+        Command::Attach(a) => a.output.into(),
+        Command::Expose(a) => a.output.into(),
+        _ => rpf_tunnel::events::Output::Human,
+    };
     rpf_process::init_logging(
         rpf_process::LogStyle::Human,
         cli.verbose,
@@ -68,6 +75,11 @@ pub fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     if let Err(e) = &result {
         eprintln!("error: {e:#}");
+        let event = events::Event::Error {
+            error: format!("{e:#}"),
+            exit_code: exit::status(e),
+        };
+        events.report(&event, || {});
     }
     exit::code(&result)
 }

@@ -1,6 +1,7 @@
 //! `rpf expose` against a real cluster: a web server on this machine
 //! (`python3 -m http.server`) becomes a Service that a pod in ANOTHER
-//! namespace reaches through its ClusterIP; deleting one relay pod while
+//! namespace reaches through its ClusterIP, and dnsmasq its port 53/udp
+//! (busybox `nslookup` in the pod); deleting one relay pod while
 //! that pod keeps requesting loses no request; Ctrl-C leaves nothing
 //! behind; after `kill -9`, `rpf cleanup` removes the rest; and a Service
 //! rpf did not create is never taken over.
@@ -77,6 +78,31 @@ impl Expose {
         }
     }
 
+    /// Waits for a `--output json` event of kind `event` that no earlier
+    /// call returned; returns it parsed.
+    fn wait_event(&mut self, event: &str, timeout: Duration) -> serde_json::Value {
+        let needle = format!("\"event\":\"{event}\"");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.pending.iter().position(|l| l.contains(&needle)) {
+                let line = self.pending.remove(i);
+                let json = line.strip_prefix("stdout: ").expect("events are on stdout");
+                return serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    self.pending.push(line);
+                }
+                Err(_) => panic!(
+                    "rpf expose: no {event} event within {timeout:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
     /// Sends SIGINT (Ctrl-C) and waits for the exit; returns the rest of
     /// the output.
     fn interrupt(&mut self) -> String {
@@ -129,6 +155,48 @@ fn python_server(dir: &Path, body: &str) -> (Kill, u16) {
         Duration::from_secs(20),
         Duration::from_millis(100),
         |_| std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
+    (Kill(child), port)
+}
+
+/// dnsmasq on 127.0.0.1 (a free UDP port) answering `*.test` with
+/// 192.0.2.7; returns it and its port once it answers.
+fn dnsmasq(suffix: &str) -> (Kill, u16) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--pid-file",
+            &format!("--port={port}"),
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--address=/test/192.0.2.7",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq (apt-get install dnsmasq-base)");
+    let probe = format!("dev-{suffix}.test");
+    wait_for(
+        "dnsmasq to answer",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        |_| {
+            let out = Command::new("dig")
+                .args(["@127.0.0.1", "-p", &port.to_string(), "+short", &probe])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains("192.0.2.7")
+                .then_some(())
+        },
     );
     (Kill(child), port)
 }
@@ -243,32 +311,38 @@ fn cluster_expose() {
     assert!(stderr.contains("not created by rpf expose"), "{stderr}");
     assert_eq!(leftovers(&kubectl, &ns), "", "refusal created something");
 
-    // Expose the local server as svc/web port 80.
+    // Expose the local server as svc/web port 80, and dnsmasq on this
+    // machine as its port 53/udp.
     let spec = format!("80:127.0.0.1:{port}");
+    let (_dnsmasq, dns_port) = dnsmasq(&suffix);
+    let dns_spec = format!("53:127.0.0.1:{dns_port}/udp");
     let mut expose = Expose::spawn(&mut rpf_expose(
         &rpf,
         &kubeconfig,
         &ns,
         &sidecar,
-        &["svc/web", &spec, "--replicas", "2"],
+        &["svc/web", &spec, &dns_spec, "--replicas", "2"],
     ));
     expose.wait_line("stdout: Created service/web", Duration::from_secs(60));
     let first = expose.wait_line("stdout: Relay pod ", Duration::from_secs(180));
     let second = expose.wait_line("stdout: Relay pod ", Duration::from_secs(180));
     log(format!("relays: {first} | {second}"));
     let summary = expose.wait_line("stdout: Exposed ", Duration::from_secs(30));
-    let cluster_ip = kubectl
-        .run([
-            "-n",
-            &ns,
-            "get",
-            "svc",
-            "web",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .trim()
-        .to_owned();
+    let service_ip = || {
+        kubectl
+            .run([
+                "-n",
+                &ns,
+                "get",
+                "svc",
+                "web",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ])
+            .trim()
+            .to_owned()
+    };
+    let cluster_ip = service_ip();
     assert!(
         summary.contains(&format!("web.{ns}.svc.cluster.local:80"))
             && summary.contains(&cluster_ip),
@@ -317,6 +391,25 @@ fn cluster_expose() {
     let body = wget(&kubectl, &client_ns, &url).expect("wget through the Service");
     assert_eq!(body.trim(), token);
     log(format!("pod in {client_ns} got {body:?} through {url}"));
+    // UDP: busybox nslookup in the pod, through the Service's 53/udp, to
+    // dnsmasq on this machine.
+    let name = format!("dev-{suffix}.test");
+    let answer = kubectl
+        .try_run([
+            "-n",
+            &client_ns,
+            "exec",
+            "client",
+            "--",
+            "sh",
+            "-c",
+            // busybox exits 1 when any of its queries fails: dnsmasq
+            // refuses the AAAA one; the A answer is what counts.
+            &format!("timeout 15 nslookup {name} {cluster_ip} 2>&1; echo rc=$?"),
+        ])
+        .unwrap_or_else(|e| e);
+    log(format!("nslookup {name} {cluster_ip}: {answer:?}"));
+    assert!(answer.contains("192.0.2.7"), "{answer}");
 
     // A client loops while one relay pod is deleted: every request succeeds.
     let looped = 40;
@@ -394,14 +487,31 @@ fn cluster_expose() {
     killed.child.0.kill().unwrap();
     killed.child.0.wait().unwrap();
     assert_ne!(leftovers(&kubectl, &ns), "");
+    // The adopting run speaks JSON: the same story as events.
     let mut adopted = Expose::spawn(&mut rpf_expose(
         &rpf,
         &kubeconfig,
         &ns,
         &sidecar,
-        &["svc/web", &spec],
+        &["svc/web", &spec, "-o", "json"],
     ));
-    adopted.wait_line("stdout: Exposed ", Duration::from_secs(240));
+    let created = adopted.wait_event("created", Duration::from_secs(60));
+    assert_eq!(created["namespace"], ns.as_str(), "{created}");
+    assert_eq!(created["objects"][0], "service/web", "{created}");
+    let relay = adopted.wait_event("relay_attached", Duration::from_secs(240));
+    assert_eq!(relay["ports"][0]["port"], 80, "{relay}");
+    assert_eq!(relay["ports"][0]["target"], format!("127.0.0.1:{port}"));
+    let exposed = adopted.wait_event("exposed", Duration::from_secs(240));
+    log(format!("exposed event: {exposed}"));
+    assert_eq!(exposed["dns_name"], format!("web.{ns}.svc.cluster.local"));
+    // The Service was made anew after Ctrl-C: its address is today's.
+    assert_eq!(exposed["cluster_ip"], service_ip().as_str());
+    assert!(
+        adopted.seen.iter().all(|l| !l.starts_with("stdout: ")
+            || serde_json::from_str::<serde_json::Value>(&l["stdout: ".len()..]).is_ok()),
+        "a stdout line that is not JSON: {:#?}",
+        adopted.seen
+    );
     adopted.child.0.kill().unwrap();
     adopted.child.0.wait().unwrap();
     let cleanup = kubectl_free_rpf(&rpf, &kubeconfig, &["cleanup", "-n", &ns]);

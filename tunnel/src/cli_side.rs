@@ -28,11 +28,13 @@ use tracing::{debug, info};
 use crate::control::{ControlReader, ControlWriter};
 use crate::datagram::{self, Flow, FlowEnd, FlowError};
 use crate::error::SessionError;
+use crate::events::{millis, ConnectionEvent, Outcome, Output};
 use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
 use crate::metrics::FlowOutcome;
 use crate::metrics::{ErrorType, Metrics};
 use crate::net::{canonical_ip, describe_io_error, dial};
-use crate::pump::{splice, Meters, PumpError};
+use crate::pump::{splice, Meters, PumpError, Transferred};
+use crate::ratelimit::Throttle;
 use rpf_proto::message::{
     BindAddr, BoundListener, ListenerSpec, Message, PodRef, Protocol, RejectReason, SessionTicket,
 };
@@ -62,6 +64,17 @@ pub struct Forward {
     pub idle_timeout: Duration,
 }
 
+impl Forward {
+    /// What this side dials, `HOST:PORT` (`[::1]:PORT` for IPv6).
+    pub fn target(&self) -> String {
+        if self.local_host.contains(':') {
+            format!("[{}]:{}", self.local_host, self.local_port)
+        } else {
+            format!("{}:{}", self.local_host, self.local_port)
+        }
+    }
+}
+
 /// Session settings on the CLI side.
 #[derive(Debug, Clone)]
 pub struct CliConfig {
@@ -72,6 +85,8 @@ pub struct CliConfig {
     /// How long the sidecar should keep the session's listeners after the
     /// channel is lost without a goodbye (zero: close them at once).
     pub grace: Duration,
+    /// How connection events are printed.
+    pub output: Output,
 }
 
 impl CliConfig {
@@ -81,6 +96,7 @@ impl CliConfig {
             forwards,
             keepalive: Keepalive::default(),
             grace: Duration::ZERO,
+            output: Output::Human,
         }
     }
 }
@@ -133,6 +149,7 @@ struct State {
     metrics: Metrics,
     /// Fires when the session ends: open connections are reset.
     ended: CancellationToken,
+    output: Output,
 }
 
 /// Runs the handshake over `io`: HTTP/2, then hellos both ways.
@@ -184,6 +201,7 @@ where
             .collect(),
         metrics: metrics.clone(),
         ended: CancellationToken::new(),
+        output: config.output,
     });
     let (stop_tx, stop_rx) = oneshot::channel();
     let driver = tokio::spawn(drive(conn, state.clone(), stop_rx));
@@ -441,8 +459,11 @@ impl Established {
                         let forward = self.state.forwards.get(&id).map(|(f, _)| f);
                         let port = forward.map(|f| f.remote_port).unwrap_or(0);
                         self.state.metrics.rejected(reason).inc();
-                        let udp = forward.is_some_and(|f| f.protocol == Protocol::Udp);
-                        match reason {
+                        let protocol = forward.map(|f| f.protocol).unwrap_or_default();
+                        let udp = protocol == Protocol::Udp;
+                        let event = ConnectionEvent::Refused { port, peer, protocol, reason };
+                        static REFUSALS: Throttle = Throttle::new();
+                        self.state.output.report_limited(&REFUSALS, &event, || match reason {
                             RejectReason::Limit if udp => crate::warn_limited!(
                                 "dropped datagrams from {peer} to UDP port {port} in the pod: limit of {} concurrent flows reached (raise it with --max-connections)",
                                 forward.map(|f| f.max_connections).unwrap_or(0)
@@ -457,7 +478,7 @@ impl Established {
                             RejectReason::NotAllowed => crate::warn_limited!(
                                 "refused connection from {peer} to port {port} in the pod: peer not in --allow"
                             ),
-                        }
+                        });
                     }
                     Some(Message::Goodbye { reason }) => {
                         return Err(SessionError::Lost(format!("the sidecar ended the session: {reason}")))
@@ -550,6 +571,12 @@ async fn handle_connection(
         );
     };
     let port = forward.remote_port;
+    let refused = |reason| ConnectionEvent::Refused {
+        port,
+        peer,
+        protocol: forward.protocol,
+        reason,
+    };
     // `rpf-peer` is the sidecar's word: this only catches a buggy sidecar;
     // the allow list is enforced where the true peer is seen, in the pod.
     if !forward.allow.is_empty()
@@ -559,18 +586,22 @@ async fn handle_connection(
             .any(|n| n.contains(&canonical_ip(peer.ip())))
     {
         m.rejected(RejectReason::NotAllowed).inc();
-        crate::warn_limited!(
-            "refused connection from {peer} to port {port} in the pod: peer not in --allow"
-        );
+        state.output.report(&refused(RejectReason::NotAllowed), || {
+            crate::warn_limited!(
+                "refused connection from {peer} to port {port} in the pod: peer not in --allow"
+            )
+        });
         return refuse(&mut respond, StatusCode::FORBIDDEN, "peer not allowed");
     }
     if active.fetch_add(1, Ordering::AcqRel) >= forward.max_connections {
         active.fetch_sub(1, Ordering::AcqRel);
         m.rejected(RejectReason::Limit).inc();
-        crate::warn_limited!(
-            "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
-            forward.max_connections
-        );
+        state.output.report(&refused(RejectReason::Limit), || {
+            crate::warn_limited!(
+                "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
+                forward.max_connections
+            )
+        });
         return refuse(
             &mut respond,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -578,27 +609,49 @@ async fn handle_connection(
         );
     }
     let _slot = SlotGuard(active);
+    let tracked = Tracked {
+        port,
+        peer,
+        protocol: forward.protocol,
+        started: Instant::now(),
+        output: state.output,
+    };
+    let target = forward.target();
+    let opened = ConnectionEvent::ConnectionOpened {
+        port,
+        peer,
+        protocol: forward.protocol,
+        target: &target,
+    };
     if forward.protocol == Protocol::Udp {
-        return carry_udp_flow(request, respond, forward, peer, &state).await;
+        state.output.report(&opened, || {
+            info!("Handling UDP flow for {port} from {peer}")
+        });
+        return carry_udp_flow(request, respond, forward, tracked, &state).await;
     }
-    let started = Instant::now();
-    info!("Handling connection for {port} from {peer}");
+    state.output.report(&opened, || {
+        info!("Handling connection for {port} from {peer}")
+    });
     let local = match dial(&forward.local_host, forward.local_port).await {
         Ok(tcp) => tcp,
         Err(e) => {
             let why = describe_io_error(&e);
-            crate::warn_limited!("cannot connect to local port {}: {why}", forward.local_port);
             m.error(ErrorType::Dial).inc();
             m.connections_failed.inc();
+            tracked.closed(Outcome::TargetUnreachable, None, Some(why.clone()), || {
+                crate::warn_limited!("cannot connect to local port {}: {why}", forward.local_port)
+            });
             return refuse(&mut respond, StatusCode::BAD_GATEWAY, &why);
         }
     };
     let send = match respond.send_response(Response::new(()), false) {
         Ok(send) => send,
         Err(e) => {
-            debug!("connection from {peer} gone before it was answered: {e}");
             m.connections_failed.inc();
-            return;
+            let why = e.to_string();
+            return tracked.closed(Outcome::Aborted, None, Some(why.clone()), || {
+                debug!("connection from {peer} gone before it was answered: {why}")
+            });
         }
     };
     m.active_connections.inc();
@@ -617,24 +670,63 @@ async fn handle_connection(
     .await;
     m.active_connections.dec();
     m.connection_duration
-        .observe(started.elapsed().as_secs_f64());
+        .observe(tracked.started.elapsed().as_secs_f64());
     match result {
         Ok(t) => {
             m.connections_ok.inc();
-            debug!(
-                "connection from {peer} on port {port} closed: {} bytes to the pod, {} from it",
-                t.sent, t.received
-            );
+            tracked.closed(Outcome::Closed, Some(t), None, || {
+                debug!(
+                    "connection from {peer} on port {port} closed: {} bytes to the pod, {} from it",
+                    t.sent, t.received
+                )
+            });
         }
         Err(PumpError::Cancelled) => {
             m.connections_failed.inc();
-            debug!("connection from {peer} on port {port} reset: the session ended");
+            tracked.closed(Outcome::SessionEnded, None, None, || {
+                debug!("connection from {peer} on port {port} reset: the session ended")
+            });
         }
         Err(e) => {
             m.connections_failed.inc();
             m.error(ErrorType::Stream).inc();
-            debug!("connection from {peer} on port {port} aborted: {e}");
+            let why = e.to_string();
+            tracked.closed(Outcome::Aborted, None, Some(why.clone()), || {
+                debug!("connection from {peer} on port {port} aborted: {why}")
+            });
         }
+    }
+}
+
+/// One connection's identity, for its events.
+struct Tracked {
+    port: u16,
+    peer: SocketAddr,
+    protocol: Protocol,
+    started: Instant,
+    output: Output,
+}
+
+impl Tracked {
+    /// Reports the end: as JSON, or by running `human`.
+    fn closed(
+        &self,
+        outcome: Outcome,
+        bytes: Option<Transferred>,
+        error: Option<String>,
+        human: impl FnOnce(),
+    ) {
+        let event = ConnectionEvent::ConnectionClosed {
+            port: self.port,
+            peer: self.peer,
+            protocol: self.protocol,
+            outcome,
+            bytes_to_pod: bytes.map(|t| t.sent),
+            bytes_from_pod: bytes.map(|t| t.received),
+            duration_ms: millis(self.started.elapsed()),
+            error,
+        };
+        self.output.report(&event, human);
     }
 }
 
@@ -645,27 +737,31 @@ async fn carry_udp_flow(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     forward: &Forward,
-    peer: SocketAddr,
+    tracked: Tracked,
     state: &State,
 ) {
     let m = &state.metrics;
-    let port = forward.remote_port;
-    info!("Handling UDP flow for {port} from {peer}");
+    let (port, peer) = (tracked.port, tracked.peer);
     let socket = match connect_udp(&forward.local_host, forward.local_port).await {
         Ok(socket) => socket,
         Err(e) => {
             let why = describe_io_error(&e);
-            crate::warn_limited!("cannot reach local UDP port {}: {why}", forward.local_port);
             m.error(ErrorType::Dial).inc();
             m.udp.ended(FlowOutcome::Error);
+            tracked.closed(Outcome::TargetUnreachable, None, Some(why.clone()), || {
+                crate::warn_limited!("cannot reach local UDP port {}: {why}", forward.local_port)
+            });
             return refuse(&mut respond, StatusCode::BAD_GATEWAY, &why);
         }
     };
     let send = match respond.send_response(Response::new(()), false) {
         Ok(send) => send,
         Err(e) => {
-            debug!("UDP flow from {peer} gone before it was answered: {e}");
-            return m.udp.ended(FlowOutcome::Error);
+            m.udp.ended(FlowOutcome::Error);
+            let why = e.to_string();
+            return tracked.closed(Outcome::Aborted, None, Some(why.clone()), || {
+                debug!("UDP flow from {peer} gone before it was answered: {why}")
+            });
         }
     };
     m.udp.active_flows.inc();
@@ -683,28 +779,47 @@ async fn carry_udp_flow(
     m.udp.active_flows.dec();
     let outcome = match result {
         Ok(FlowEnd::Idle) => {
-            debug!("UDP flow from {peer} on port {port} idle: closed");
+            tracked.closed(Outcome::Idle, None, None, || {
+                debug!("UDP flow from {peer} on port {port} idle: closed")
+            });
             FlowOutcome::Idle
         }
-        Ok(FlowEnd::Closed) | Err(FlowError::Pump(PumpError::Cancelled)) => FlowOutcome::Closed,
-        Err(FlowError::Refused) => {
-            crate::warn_limited!(
-                "UDP flow from {peer} to port {port} in the pod ended: nothing listens on local UDP port {} (connection refused)",
-                forward.local_port
-            );
+        Ok(FlowEnd::Closed) => {
+            tracked.closed(Outcome::Closed, None, None, || {
+                debug!("UDP flow from {peer} on port {port} closed")
+            });
+            FlowOutcome::Closed
+        }
+        Err(FlowError::Pump(PumpError::Cancelled)) => {
+            tracked.closed(Outcome::SessionEnded, None, None, || {
+                debug!("UDP flow from {peer} on port {port} ended with the session")
+            });
+            FlowOutcome::Closed
+        }
+        Err(e @ FlowError::Refused) => {
             m.error(ErrorType::Dial).inc();
+            tracked.closed(Outcome::TargetUnreachable, None, Some(e.to_string()), || {
+                crate::warn_limited!(
+                    "UDP flow from {peer} to port {port} in the pod ended: nothing listens on local UDP port {} (connection refused)",
+                    forward.local_port
+                )
+            });
             FlowOutcome::Refused
         }
         Err(e @ FlowError::Protocol(_)) => {
             m.error(ErrorType::Protocol).inc();
-            crate::warn_limited!(
-                "UDP flow from {peer} on port {port} reset: the sidecar sent a {e}"
-            );
+            tracked.closed(Outcome::Aborted, None, Some(e.to_string()), || {
+                crate::warn_limited!(
+                    "UDP flow from {peer} on port {port} reset: the sidecar sent a {e}"
+                )
+            });
             FlowOutcome::Error
         }
         Err(e) => {
             m.error(ErrorType::Stream).inc();
-            debug!("UDP flow from {peer} on port {port} aborted: {e}");
+            tracked.closed(Outcome::Aborted, None, Some(e.to_string()), || {
+                debug!("UDP flow from {peer} on port {port} aborted: {e}")
+            });
             FlowOutcome::Error
         }
     };

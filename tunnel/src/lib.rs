@@ -15,12 +15,14 @@
 //! - [`metrics`]: Prometheus metrics for both ends and their endpoint.
 //! - [`net`]: dialing and error wording.
 //! - [`error`]: session errors.
+//! - [`events`]: what the CLI reports, as human lines or JSON.
 //! - [`ratelimit`]: peer-triggered warnings rate-limited with a count.
 
 pub mod cli_side;
 mod control;
 pub mod datagram;
 pub mod error;
+pub mod events;
 pub mod http2;
 pub mod metrics;
 pub mod net;

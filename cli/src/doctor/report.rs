@@ -119,14 +119,7 @@ impl Check {
     }
 }
 
-/// How findings are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Aligned lines for people.
-    Text,
-    /// One JSON object a line (docs/doctor.md names the fields).
-    Json,
-}
+pub use crate::args::Format;
 
 /// Prints findings as they come and keeps them for the summary.
 pub struct Report<W: Write> {

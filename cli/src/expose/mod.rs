@@ -23,9 +23,11 @@ use rpf_inject::InjectConfig;
 use rpf_proto::expose::MAX_PORTS;
 use rpf_proto::message::BindAddr;
 use rpf_tunnel::cli_side::{CliConfig, Forward};
+use rpf_tunnel::events::Output;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{CleanupArgs, ExposeArgs};
+use crate::events::Event;
 use crate::spec::{PortSpec, Protocol};
 use objects::{Expose, GatewayRef, RouteSpec, ServicePort};
 
@@ -43,6 +45,10 @@ pub enum ExposeError {
     /// No PORT after the name.
     #[error("no port given after svc/{0}: give at least one PORT[:[HOST:]LOCAL], e.g. `rpf expose svc/{0} 80:8000`")]
     NoPorts(String),
+    /// `--gateway` with UDP ports only: Gateway API routes carry TCP
+    /// (UDPRoute is experimental and rarely implemented).
+    #[error("--gateway needs a TCP port to route to, and every port given is UDP; routes carry TCP (UDPRoute is experimental): leave out --gateway, or add a TCP port")]
+    NoRoutablePort,
     /// More ports than a relay reserves.
     #[error("{0} ports given; one expose takes at most {MAX_PORTS}")]
     TooManyPorts(usize),
@@ -81,13 +87,16 @@ pub async fn run(args: ExposeArgs, shutdown: CancellationToken) -> anyhow::Resul
     if let Some(name) = &args.delete {
         let (client, namespace) = args.cluster.options().connect().await?;
         access::check(&client, &namespace, &access::removing()).await?;
-        let removed = remove::expose(&client, &namespace, Some(name)).await?;
+        let removed = remove::expose(&client, &namespace, Some(name), Output::Human).await?;
         if removed.is_empty() {
             println!("Nothing to delete: no rpf expose named {name:?} in namespace {namespace}");
         }
         return Ok(());
     }
     let (name, specs) = parse_args(&args.args)?;
+    if args.gateway.is_some() && specs.iter().all(|s| s.protocol == Protocol::Udp) {
+        return Err(ExposeError::NoRoutablePort.into());
+    }
     let (client, namespace) = args.cluster.options().connect().await?;
     let mut image = InjectConfig::new(&args.image);
     image.image_pull_policy = args.image_pull_policy.clone();
@@ -95,7 +104,7 @@ pub async fn run(args: ExposeArgs, shutdown: CancellationToken) -> anyhow::Resul
         ports: specs
             .iter()
             .enumerate()
-            .map(|(i, s)| ServicePort::new(i, s.remote_port))
+            .map(|(i, s)| ServicePort::new(i, s.remote_port, s.protocol))
             .collect(),
         name,
         namespace: namespace.clone(),
@@ -112,19 +121,32 @@ pub async fn run(args: ExposeArgs, shutdown: CancellationToken) -> anyhow::Resul
     }
     apply::check_ownership(&client, &expose, route.as_ref()).await?;
 
+    let output = Output::from(args.output);
     let applied = apply::apply(&client, &expose, route.as_ref()).await;
     let served = match applied {
         Ok(cluster_ip) => {
-            println!(
-                "Created service/{} and deployment/{} ({} relay pods){} in namespace {namespace}; waiting for the relays",
-                expose.name,
-                expose.deployment_name(),
-                expose.replicas,
-                route
-                    .as_ref()
-                    .map(|r| format!(", {}/{}", r.kind().to_lowercase(), expose.name))
-                    .unwrap_or_default(),
-            );
+            let route_name = route
+                .as_ref()
+                .map(|r| format!("{}/{}", r.kind().to_lowercase(), expose.name));
+            let mut objects = vec![
+                format!("service/{}", expose.name),
+                format!("deployment/{}", expose.deployment_name()),
+            ];
+            objects.extend(route_name.clone());
+            let event = Event::Created {
+                namespace: &namespace,
+                objects,
+                replicas: expose.replicas,
+            };
+            output.report(&event, || {
+                println!(
+                    "Created service/{} and deployment/{} ({} relay pods){} in namespace {namespace}; waiting for the relays",
+                    expose.name,
+                    expose.deployment_name(),
+                    expose.replicas,
+                    route_name.map(|r| format!(", {r}")).unwrap_or_default(),
+                )
+            });
             let config = cli_config(&expose, &specs, &args);
             relays::run(
                 &client,
@@ -140,11 +162,15 @@ pub async fn run(args: ExposeArgs, shutdown: CancellationToken) -> anyhow::Resul
         Err(e) => Err(e),
     };
     // Whatever happened, leave nothing behind.
-    println!(
+    let removing = format!(
         "Removing service/{} and its relays from namespace {namespace}",
         expose.name
     );
-    let removed = remove::expose(&client, &namespace, Some(&expose.name))
+    match output {
+        Output::Human => println!("{removing}"),
+        Output::Json => eprintln!("{removing}"),
+    }
+    let removed = remove::expose(&client, &namespace, Some(&expose.name), output)
         .await
         .context("cannot remove what rpf expose created; run `rpf expose --delete` again");
     match (served, removed) {
@@ -157,7 +183,7 @@ pub async fn run(args: ExposeArgs, shutdown: CancellationToken) -> anyhow::Resul
 pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     let (client, namespace) = args.cluster.options().connect().await?;
     access::check(&client, &namespace, &access::removing()).await?;
-    let removed = remove::expose(&client, &namespace, None).await?;
+    let removed = remove::expose(&client, &namespace, None, Output::Human).await?;
     if removed.is_empty() {
         println!("Nothing to clean up: no rpf expose objects in namespace {namespace}");
     }
@@ -175,11 +201,6 @@ fn parse_args(args: &[String]) -> Result<(String, Vec<PortSpec>), anyhow::Error>
         return Err(ExposeError::TooManyPorts(ports.len()).into());
     }
     let specs = PortSpec::parse_all(ports)?;
-    if let Some(udp) = specs.iter().find(|s| s.protocol == Protocol::Udp) {
-        anyhow::bail!(
-            "{udp}: rpf expose carries TCP only so far; forward UDP into one pod with rpf attach"
-        );
-    }
     Ok((name, specs))
 }
 
@@ -268,11 +289,13 @@ fn cli_config(expose: &Expose, specs: &[PortSpec], args: &ExposeArgs) -> CliConf
             allow: args.allow.clone(),
             local_host: spec.local_host.clone(),
             local_port: spec.local_port,
-            protocol: Protocol::Tcp,
+            protocol: spec.protocol,
             idle_timeout: rpf_proto::DEFAULT_UDP_IDLE_TIMEOUT,
         })
         .collect();
-    CliConfig::new(forwards)
+    let mut config = CliConfig::new(forwards);
+    config.output = args.output.into();
+    config
 }
 
 #[cfg(test)]
@@ -309,6 +332,10 @@ mod tests {
         let e = parse_args(&args(&["svc/web"])).unwrap_err().to_string();
         assert!(e.contains("rpf expose svc/web 80:8000"), "{e}");
         assert!(parse_args(&args(&["svc/web", "80", "80:81"])).is_err());
+        // UDP and TCP on one number are two ports, as for DNS.
+        let (_, specs) = parse_args(&args(&["svc/dns", "53:5353/udp", "53:5353"])).unwrap();
+        assert_eq!(specs[0].protocol, Protocol::Udp);
+        assert_eq!(specs[1].protocol, Protocol::Tcp);
     }
 
     #[test]

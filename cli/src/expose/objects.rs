@@ -8,6 +8,7 @@ use rpf_proto::expose::{
     EXPOSE_LABEL, FIRST_RELAY_PORT, MANAGED_BY, MANAGED_BY_LABEL, READY_PORT, RELAY_APP_NAME,
     RELAY_PREFIX,
 };
+use rpf_proto::message::Protocol;
 use rpf_proto::DEFAULT_CONTROL_PORT;
 use serde_json::{json, Map, Value};
 
@@ -29,20 +30,35 @@ pub struct ServicePort {
     pub port: u16,
     /// The port the relay binds in its pod (`targetPort`).
     pub relay_port: u16,
+    /// TCP or UDP (both may use the same port number, like DNS).
+    pub protocol: Protocol,
 }
 
 impl ServicePort {
     /// The `index`-th port of an expose (from 0).
-    pub fn new(index: usize, port: u16) -> Self {
+    pub fn new(index: usize, port: u16, protocol: Protocol) -> Self {
         Self {
             port,
             relay_port: FIRST_RELAY_PORT + u16::try_from(index).expect("at most MAX_PORTS ports"),
+            protocol,
         }
     }
 
-    /// The Service port's name (required once there are several).
+    /// The Service port's name (required once there are several; unique
+    /// when TCP and UDP share a number).
     fn name(&self) -> String {
-        format!("port-{}", self.port)
+        match self.protocol {
+            Protocol::Tcp => format!("port-{}", self.port),
+            Protocol::Udp => format!("port-{}-udp", self.port),
+        }
+    }
+
+    /// `TCP` or `UDP`, as Kubernetes spells it.
+    fn kube_protocol(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
     }
 }
 
@@ -159,7 +175,7 @@ impl Expose {
         let mut ports: Vec<Value> = self
             .ports
             .iter()
-            .map(|p| json!({ "name": format!("relay-{}", p.relay_port - FIRST_RELAY_PORT), "containerPort": p.relay_port, "protocol": "TCP" }))
+            .map(|p| json!({ "name": format!("relay-{}", p.relay_port - FIRST_RELAY_PORT), "containerPort": p.relay_port, "protocol": p.kube_protocol() }))
             .collect();
         ports.push(json!({ "name": "ready", "containerPort": READY_PORT, "protocol": "TCP" }));
         c.insert("ports".into(), Value::Array(ports));
@@ -217,7 +233,7 @@ impl Expose {
         let ports: Vec<Value> = self
             .ports
             .iter()
-            .map(|p| json!({ "name": p.name(), "port": p.port, "targetPort": p.relay_port, "protocol": "TCP" }))
+            .map(|p| json!({ "name": p.name(), "port": p.port, "targetPort": p.relay_port, "protocol": p.kube_protocol() }))
             .collect();
         json!({
             "apiVersion": "v1",
@@ -231,8 +247,14 @@ impl Expose {
         })
     }
 
+    /// The port a route leads to: the first TCP one (routes carry TCP).
+    pub fn route_port(&self) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.protocol == Protocol::Tcp)
+    }
+
     /// An HTTPRoute (with a host name) or a TCPRoute from the Gateway to
-    /// the Service's first port.
+    /// the Service's first TCP port ([`Expose::route_port`]; the caller
+    /// makes sure there is one).
     pub fn route(&self, route: &RouteSpec) -> Value {
         let mut parent = json!({
             "group": GATEWAY_GROUP,
@@ -243,7 +265,8 @@ impl Expose {
         if let Some(listener) = &route.gateway.listener {
             parent["sectionName"] = listener.clone().into();
         }
-        let backend = json!({ "name": self.name, "port": self.ports[0].port });
+        let port = self.route_port().expect("a TCP port to route to").port;
+        let backend = json!({ "name": self.name, "port": port });
         let mut spec = json!({
             "parentRefs": [parent],
             "rules": [{ "backendRefs": [backend] }],
@@ -269,7 +292,10 @@ mod tests {
         Expose {
             name: "web".into(),
             namespace: "dev".into(),
-            ports: vec![ServicePort::new(0, 80), ServicePort::new(1, 8443)],
+            ports: vec![
+                ServicePort::new(0, 80, Protocol::Tcp),
+                ServicePort::new(1, 8443, Protocol::Tcp),
+            ],
             replicas: 2,
             image: InjectConfig::new("ghcr.io/rpf-dev/rpf-sidecar:0.1.0")
                 .with_image_pull_policy("IfNotPresent"),
@@ -353,5 +379,41 @@ mod tests {
             e.selector(),
             "app.kubernetes.io/managed-by=rpf,rpf.dev/expose=web"
         );
+    }
+
+    /// DNS's shape: 53/udp and 53/tcp on one Service, each to a relay port
+    /// of its own protocol; a route goes to the TCP one.
+    #[test]
+    fn udp_ports_are_udp_all_the_way_to_the_relay() {
+        let e = Expose {
+            ports: vec![
+                ServicePort::new(0, 53, Protocol::Udp),
+                ServicePort::new(1, 53, Protocol::Tcp),
+            ],
+            ..expose()
+        };
+        let s = e.service();
+        assert_eq!(
+            s["spec"]["ports"],
+            json!([
+                { "name": "port-53-udp", "port": 53, "targetPort": FIRST_RELAY_PORT, "protocol": "UDP" },
+                { "name": "port-53", "port": 53, "targetPort": FIRST_RELAY_PORT + 1, "protocol": "TCP" },
+            ])
+        );
+        let d = e.deployment();
+        let declared = &d["spec"]["template"]["spec"]["containers"][0]["ports"];
+        assert_eq!(declared[0]["containerPort"], FIRST_RELAY_PORT);
+        assert_eq!(declared[0]["protocol"], "UDP");
+        assert_eq!(declared[1]["protocol"], "TCP");
+        let route = e.route(&RouteSpec {
+            gateway: GatewayRef {
+                namespace: "infra".into(),
+                name: "public".into(),
+                listener: None,
+            },
+            hostname: None,
+        });
+        assert_eq!(route["spec"]["rules"][0]["backendRefs"][0]["port"], 53);
+        assert_eq!(e.route_port().map(|p| p.protocol), Some(Protocol::Tcp));
     }
 }

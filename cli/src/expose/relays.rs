@@ -21,6 +21,7 @@ use super::objects::Expose;
 use crate::attach::{supervise, Policy, Source};
 use crate::cluster::error::{api_message, classify, ApiFailure};
 use crate::cluster::{preflight, ClusterSource};
+use crate::events::{Event, ServedPort};
 use crate::spec::PortSpec;
 
 /// How often the relay pods are listed.
@@ -144,20 +145,41 @@ pub async fn run(
                 Ok(Err(e)) if stopped || shutdown.is_cancelled() => {
                     tracing::debug!("relay {name} ended: {e:#}")
                 }
-                Ok(Err(e)) => eprintln!(
-                    "Relay pod {}/{name}: {e:#}; attaching again when it is ready",
-                    expose.namespace
-                ),
-                Err(e) => eprintln!(
-                    "Relay pod {}/{name}: session task failed: {e}",
-                    expose.namespace
-                ),
+                Ok(Err(e)) => {
+                    let event = Event::RelayLost {
+                        relay: format!("{}/{name}", expose.namespace),
+                        error: format!("{e:#}"),
+                    };
+                    config.output.report(&event, || {
+                        eprintln!(
+                            "Relay pod {}/{name}: {e:#}; attaching again when it is ready",
+                            expose.namespace
+                        )
+                    });
+                }
+                Err(e) => {
+                    let event = Event::RelayLost {
+                        relay: format!("{}/{name}", expose.namespace),
+                        error: format!("session task failed: {e}"),
+                    };
+                    config.output.report(&event, || {
+                        eprintln!(
+                            "Relay pod {}/{name}: session task failed: {e}",
+                            expose.namespace
+                        )
+                    });
+                }
             }
             if stopped && !shutdown.is_cancelled() {
-                eprintln!(
-                    "Relay pod {}/{name} is gone; the other relays keep serving",
-                    expose.namespace
-                );
+                let event = Event::RelayGone {
+                    relay: format!("{}/{name}", expose.namespace),
+                };
+                config.output.report(&event, || {
+                    eprintln!(
+                        "Relay pod {}/{name} is gone; the other relays keep serving",
+                        expose.namespace
+                    )
+                });
             }
             retry_at.insert(name, Instant::now() + RETRY_AFTER);
         }
@@ -174,7 +196,16 @@ pub async fn run(
             Some(_) = attached_rx.recv() => {
                 if !announced {
                     announced = true;
-                    println!("{}", summary(expose, specs, &cluster_ip));
+                    let event = Event::Exposed {
+                        namespace: &expose.namespace,
+                        service: &expose.name,
+                        dns_name: expose.dns_name(),
+                        cluster_ip: &cluster_ip,
+                        ports: served_ports(expose, specs),
+                    };
+                    config
+                        .output
+                        .report(&event, || println!("{}", summary(expose, specs, &cluster_ip)));
                 }
             }
         }
@@ -206,16 +237,25 @@ fn spawn(
         &name,
     )));
     let (config, metrics, attached) = (config.clone(), metrics.clone(), attached.clone());
-    let ports: Vec<(u16, String)> = expose
-        .ports
-        .iter()
-        .zip(specs)
-        .map(|(p, s)| (p.port, s.local_display()))
-        .collect();
+    let ports = served_ports(expose, specs);
     let token = stop.clone();
     let task = tokio::spawn(async move {
         let announce = |bound: &[BoundListener], place: &str| {
-            println!("{}", relay_line(place, ip.as_deref(), &ports, bound));
+            let serving: Vec<ServedPort> = ports
+                .iter()
+                .zip(1..)
+                .filter(|(_, id)| bound.iter().any(|b| b.id == *id))
+                .map(|(p, _)| p.clone())
+                .collect();
+            let relay = place.strip_prefix("pod ").unwrap_or(place);
+            let event = Event::RelayAttached {
+                relay,
+                ip: ip.as_deref(),
+                ports: serving.clone(),
+            };
+            config.output.report(&event, || {
+                println!("{}", relay_line(relay, ip.as_deref(), &serving))
+            });
             let _ = attached.send(place.to_owned());
         };
         let policy = Policy {
@@ -228,23 +268,37 @@ fn spawn(
     Relay { stop, task }
 }
 
-/// `Relay pod dev/rpf-relay-web-x (10.1.0.7) serves port 80 -> localhost:8000`.
-fn relay_line(
-    place: &str,
-    ip: Option<&str>,
-    ports: &[(u16, String)],
-    bound: &[BoundListener],
-) -> String {
-    let serving: Vec<String> = ports
+/// `/udp` for a UDP port, as in a SPEC; nothing for TCP.
+fn udp_suffix(protocol: rpf_proto::message::Protocol) -> &'static str {
+    match protocol {
+        rpf_proto::message::Protocol::Tcp => "",
+        rpf_proto::message::Protocol::Udp => "/udp",
+    }
+}
+
+/// Each Service port and the local target behind it.
+fn served_ports(expose: &Expose, specs: &[PortSpec]) -> Vec<ServedPort> {
+    expose
+        .ports
         .iter()
-        .zip(1..)
-        .filter(|(_, id)| bound.iter().any(|b| b.id == *id))
-        .map(|((port, local), _)| format!("port {port} -> {local}"))
+        .zip(specs)
+        .map(|(p, s)| ServedPort {
+            port: p.port,
+            protocol: s.protocol,
+            target: s.local_display(),
+        })
+        .collect()
+}
+
+/// `Relay pod dev/rpf-relay-web-x (10.1.0.7) serves port 80 -> localhost:8000`.
+fn relay_line(relay: &str, ip: Option<&str>, serving: &[ServedPort]) -> String {
+    let serving: Vec<String> = serving
+        .iter()
+        .map(|p| format!("port {}{} -> {}", p.port, udp_suffix(p.protocol), p.target))
         .collect();
-    let place = place.strip_prefix("pod ").unwrap_or(place);
     match ip {
-        Some(ip) => format!("Relay pod {place} ({ip}) serves {}", serving.join(", ")),
-        None => format!("Relay pod {place} serves {}", serving.join(", ")),
+        Some(ip) => format!("Relay pod {relay} ({ip}) serves {}", serving.join(", ")),
+        None => format!("Relay pod {relay} serves {}", serving.join(", ")),
     }
 }
 
@@ -254,7 +308,15 @@ fn summary(expose: &Expose, specs: &[PortSpec], cluster_ip: &str) -> String {
         .ports
         .iter()
         .zip(specs)
-        .map(|(p, s)| format!("{}:{} -> {}", expose.dns_name(), p.port, s.local_display()))
+        .map(|(p, s)| {
+            format!(
+                "{}:{}{} -> {}",
+                expose.dns_name(),
+                p.port,
+                udp_suffix(p.protocol),
+                s.local_display()
+            )
+        })
         .collect();
     format!(
         "Exposed {} (service/{} in namespace {}, ClusterIP {cluster_ip}); Ctrl-C removes it",
@@ -268,6 +330,7 @@ fn summary(expose: &Expose, specs: &[PortSpec], cluster_ip: &str) -> String {
 mod tests {
     use super::*;
     use crate::expose::objects::ServicePort;
+    use crate::spec::Protocol;
     use rpf_inject::InjectConfig;
 
     #[test]
@@ -275,7 +338,10 @@ mod tests {
         let expose = Expose {
             name: "web".into(),
             namespace: "dev".into(),
-            ports: vec![ServicePort::new(0, 80), ServicePort::new(1, 443)],
+            ports: vec![
+                ServicePort::new(0, 80, Protocol::Tcp),
+                ServicePort::new(1, 443, Protocol::Tcp),
+            ],
             replicas: 2,
             image: InjectConfig::new("x"),
         };
@@ -284,22 +350,8 @@ mod tests {
             summary(&expose, &specs, "10.96.0.12"),
             "Exposed web.dev.svc.cluster.local:80 -> localhost:8000, web.dev.svc.cluster.local:443 -> h:8443 (service/web in namespace dev, ClusterIP 10.96.0.12); Ctrl-C removes it"
         );
-        let ports = vec![
-            (80, "localhost:8000".to_string()),
-            (443, "h:8443".to_string()),
-        ];
-        let bound = vec![
-            BoundListener {
-                id: 1,
-                addrs: vec![],
-            },
-            BoundListener {
-                id: 2,
-                addrs: vec![],
-            },
-        ];
         assert_eq!(
-            relay_line("pod dev/r-1", Some("10.1.0.7"), &ports, &bound),
+            relay_line("dev/r-1", Some("10.1.0.7"), &served_ports(&expose, &specs)),
             "Relay pod dev/r-1 (10.1.0.7) serves port 80 -> localhost:8000, port 443 -> h:8443"
         );
     }

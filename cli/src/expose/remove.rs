@@ -11,7 +11,10 @@ use kube::{Api, Client, ResourceExt};
 use rpf_proto::expose::{EXPOSE_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 
 use super::apply::gateway_api;
+use rpf_tunnel::events::Output;
+
 use crate::cluster::error::{api_message, classify, ApiFailure};
+use crate::events::Event;
 
 /// How long to wait for relay pods to be gone after their Deployment is
 /// deleted. The relays exit at once, but a busy kubelet can take half a
@@ -29,12 +32,19 @@ pub fn selector(name: Option<&str>) -> String {
 
 /// Deletes the objects of the expose `name` (every expose when `None`) in
 /// `namespace`, waits for their relay pods to stop, and says what it
-/// removed; returns that list (`service/web`, ...), empty if none.
+/// removed (a `removed` event with `--output json`, whose progress lines
+/// then go to stderr); returns that list (`service/web`, ...), empty if
+/// none.
 pub async fn expose(
     client: &Client,
     namespace: &str,
     name: Option<&str>,
+    output: Output,
 ) -> anyhow::Result<Vec<String>> {
+    let say = |line: String| match output {
+        Output::Human => println!("{line}"),
+        Output::Json => eprintln!("{line}"),
+    };
     let list = ListParams::default().labels(&selector(name));
     let delete = DeleteParams::background();
     let mut removed = Vec::new();
@@ -107,20 +117,27 @@ pub async fn expose(
             break left;
         }
         if !told {
-            println!("Waiting for {left} relay pod(s) to be gone");
+            say(format!("Waiting for {left} relay pod(s) to be gone"));
             told = true;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    if !removed.is_empty() {
-        println!("Deleted {} in namespace {namespace}", removed.join(", "));
-    }
-    if left > 0 {
-        println!(
-            "{left} relay pod(s) are still stopping; Kubernetes removes them (kubectl get pods -n {namespace} -l {})",
-            selector(name)
-        );
-    }
+    let event = Event::Removed {
+        namespace,
+        objects: &removed,
+        pods_stopping: left,
+    };
+    output.report(&event, || {
+        if !removed.is_empty() {
+            println!("Deleted {} in namespace {namespace}", removed.join(", "));
+        }
+        if left > 0 {
+            println!(
+                "{left} relay pod(s) are still stopping; Kubernetes removes them (kubectl get pods -n {namespace} -l {})",
+                selector(name)
+            );
+        }
+    });
     Ok(removed)
 }
 
