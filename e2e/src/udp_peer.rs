@@ -243,6 +243,22 @@ pub async fn probe_flow_limit(addr: SocketAddr, hold: usize, wait: Duration) -> 
     FlowLimitReport { held, extra_served }
 }
 
+/// Sends `count` datagrams of `size` bytes to `addr` from one socket as
+/// fast as the kernel takes them, never reading; returns how many it took.
+pub async fn flood(addr: SocketAddr, count: u64, size: usize) -> u64 {
+    let Ok(socket) = connected(addr).await else {
+        return 0;
+    };
+    let d = datagram(0, size);
+    let mut sent = 0;
+    for _ in 0..count {
+        if socket.send(&d).await.is_ok() {
+            sent += 1;
+        }
+    }
+    sent
+}
+
 /// Sends one datagram from a fresh socket; whether its echo came back
 /// within `wait`.
 pub async fn once(addr: SocketAddr, wait: Duration) -> bool {

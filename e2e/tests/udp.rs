@@ -315,6 +315,80 @@ fn a_missing_local_target_is_counted_not_fatal() {
     assert_eq!(echoed.trim(), "{\"echoed\":true}", "{}", attach.stderr());
 }
 
+/// A pod floods a target that never reads (its socket is bound, so no
+/// ICMP ends the flow): 120 MB in 100,000 datagrams as fast as the pod
+/// can send. What the tunnel cannot carry is shed, never hoarded: the
+/// pod's kernel drops what the sidecar's read loop cannot take, and a
+/// flow's queue holds at most 128 datagrams / 512 KiB (measured by hand on
+/// a debug build: ~79,000 `UdpRcvbufErrors` in the pod, ~21,000 carried,
+/// no queue drop). Neither end grows with the flood, and the session
+/// still carries the next flow.
+#[test]
+fn a_flood_against_a_stalled_target_stays_within_the_queue_bound() {
+    use rpf_e2e::fake_sidecar::{peak_rss_kib, rss_kib};
+    let stalled = free_udp_port();
+    let _stalled = Background::start({
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-u",
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('127.0.0.1', int(sys.argv[1])))\n\
+             print('listening', flush=True)\n\
+             time.sleep(600)",
+            &stalled.to_string(),
+        ]);
+        cmd
+    });
+    let echo = free_udp_port();
+    let _echo = udp_echo(echo);
+    let pod = Pod::new("udp-flood");
+    let metrics_port = free_port();
+    let mut attach = Attach::start(&[
+        "--via",
+        &pod.via,
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+        &format!("7000:{stalled}/udp"),
+        &format!("7001:{echo}/udp"),
+    ]);
+    attach.wait_forwarding(2);
+    let sidecar = *pod.ns.pids().first().expect("the sidecar runs in the pod");
+    let before = (rss_kib(attach.pid()), rss_kib(sidecar));
+    let sent = pod.testpeer(&[
+        "udp-flood",
+        "--connect",
+        "127.0.0.1:7000",
+        "--count",
+        "100000",
+        "--size",
+        "1200",
+    ]);
+    let peak = (peak_rss_kib(attach.pid()), peak_rss_kib(sidecar));
+    let text = scrape(metrics_port);
+    let arrived = metric(
+        &text,
+        "rpf_portforward_reverse_udp_datagrams_total{direction=\"pod_to_local\"}",
+    );
+    eprintln!(
+        "flood: {} from the pod, {arrived} reached the CLI; RSS before (CLI, sidecar) {before:?} KiB, peak {peak:?} KiB",
+        sent.trim()
+    );
+    assert!(arrived > 0.0, "{text}");
+    // The queues bound a flow at 512 KiB; HTTP/2 windows and buffers add a
+    // few MiB. A tunnel that hoarded the flood would hold ~120 MB.
+    for (name, before, peak) in [("CLI", before.0, peak.0), ("sidecar", before.1, peak.1)] {
+        assert!(
+            peak < before + 32 * 1024,
+            "{name} grew from {before} KiB to {peak} KiB during the flood"
+        );
+    }
+    let echoed = pod.testpeer(&["udp-once", "--connect", "127.0.0.1:7001"]);
+    assert_eq!(echoed.trim(), "{\"echoed\":true}", "{}", attach.stderr());
+    assert!(attach.wait_exit(Duration::from_millis(100)).is_none());
+}
+
 /// A sidecar from before UDP: its hello lists no `udp` feature.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sidecar_without_udp_is_refused_with_the_fix_not_bound_as_tcp() {

@@ -101,6 +101,15 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         wait_secs: u64,
     },
+    /// Send COUNT datagrams of SIZE bytes as fast as possible, never read.
+    UdpFlood {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 1200)]
+        size: usize,
+    },
     /// Just listen (to occupy a port).
     Listen {
         #[arg(long)]
@@ -183,6 +192,14 @@ async fn main() -> anyhow::Result<()> {
         Cmd::UdpOnce { connect, wait_secs } => {
             let echoed = udp_peer::once(connect, Duration::from_secs(wait_secs)).await;
             println!("{{\"echoed\":{echoed}}}");
+        }
+        Cmd::UdpFlood {
+            connect,
+            count,
+            size,
+        } => {
+            let sent = udp_peer::flood(connect, count, size).await;
+            println!("{{\"sent\":{sent}}}");
         }
         Cmd::Listen { listen } => {
             let listener = peer::listen(listen)?;
