@@ -8,10 +8,11 @@
 //! protocol error for the flow (its stream is reset), decided from the two
 //! length bytes alone: nothing is allocated for it.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, UdpMeters};
@@ -87,18 +88,14 @@ impl FrameDecoder {
 }
 
 /// The producing end of a flow's queue: datagrams waiting for the stream.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct QueueTx {
-    tx: mpsc::Sender<Bytes>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 /// Why a datagram was not queued.
 #[derive(Debug)]
 pub(crate) enum PushError {
-    /// The queue is at its bound: the datagram is dropped (the newest goes,
-    /// so what is queued keeps its order).
-    Full,
     /// The flow has ended; the datagram is handed back.
     Closed(Bytes),
 }
@@ -106,54 +103,123 @@ pub(crate) enum PushError {
 /// The consuming end of a flow's queue.
 #[derive(Debug)]
 pub(crate) struct QueueRx {
-    rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
-/// A flow's queue, bounded in datagrams and in bytes.
+/// What both ends of a queue share.
+#[derive(Debug, Default)]
+struct Shared {
+    state: std::sync::Mutex<Queued>,
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queued {
+    items: VecDeque<Bytes>,
+    bytes: usize,
+    /// Live [`QueueTx`] handles: at none, the consumer sees the end.
+    senders: usize,
+    /// The consumer is gone: the flow has ended.
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A flow's queue, bounded in datagrams and in bytes. Full, it drops the
+/// oldest datagram: UDP's users (DNS retries, media, metrics) want the
+/// freshest, and what waited longest is the likeliest to be stale.
 pub(crate) fn queue() -> (QueueTx, QueueRx) {
-    let (tx, rx) = mpsc::channel(UDP_QUEUE_DATAGRAMS);
-    let queued = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared::default());
+    shared.lock().senders = 1;
     (
         QueueTx {
-            tx,
-            queued: queued.clone(),
+            shared: shared.clone(),
         },
-        QueueRx { rx, queued },
+        QueueRx { shared },
     )
 }
 
 impl QueueTx {
-    /// Queues `datagram`, or says why not.
-    pub(crate) fn push(&self, datagram: Bytes) -> Result<(), PushError> {
-        if self.tx.is_closed() {
+    /// Queues `datagram`; returns how many older datagrams were dropped to
+    /// make room for it, or hands it back if the flow has ended.
+    pub(crate) fn push(&self, datagram: Bytes) -> Result<u64, PushError> {
+        let mut q = self.shared.lock();
+        if q.closed {
             return Err(PushError::Closed(datagram));
         }
-        let len = datagram.len();
-        if self.queued.load(Ordering::Acquire) + len > UDP_QUEUE_BYTES {
-            return Err(PushError::Full);
+        let mut dropped = 0;
+        while q.items.len() >= UDP_QUEUE_DATAGRAMS
+            || (!q.items.is_empty() && q.bytes + datagram.len() > UDP_QUEUE_BYTES)
+        {
+            let old = q.items.pop_front().expect("not empty");
+            q.bytes -= old.len();
+            dropped += 1;
         }
-        match self.tx.try_send(datagram) {
-            Ok(()) => {
-                self.queued.fetch_add(len, Ordering::AcqRel);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(PushError::Full),
-            Err(mpsc::error::TrySendError::Closed(d)) => Err(PushError::Closed(d)),
-        }
+        q.bytes += datagram.len();
+        q.items.push_back(datagram);
+        drop(q);
+        self.shared.ready.notify_one();
+        Ok(dropped)
     }
 
     /// Whether the flow behind this queue has ended.
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.lock().closed
+    }
+}
+
+impl Clone for QueueTx {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        QueueTx {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        let mut q = self.shared.lock();
+        q.senders -= 1;
+        if q.senders == 0 {
+            drop(q);
+            self.shared.ready.notify_one();
+        }
     }
 }
 
 impl QueueRx {
+    /// The oldest queued datagram; `None` once it is empty and every
+    /// producer is gone.
     async fn recv(&mut self) -> Option<Bytes> {
-        let d = self.rx.recv().await?;
-        self.queued.fetch_sub(d.len(), Ordering::AcqRel);
-        Some(d)
+        loop {
+            {
+                let mut q = self.shared.lock();
+                if let Some(d) = q.items.pop_front() {
+                    q.bytes -= d.len();
+                    return Some(d);
+                }
+                if q.senders == 0 {
+                    return None;
+                }
+            }
+            // A wake-up sent between the check and here is kept as a
+            // permit, so none is lost.
+            self.shared.ready.notified().await;
+        }
+    }
+}
+
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        let mut q = self.shared.lock();
+        q.closed = true;
+        q.items.clear();
+        q.bytes = 0;
     }
 }
 
@@ -364,8 +430,7 @@ pub(crate) async fn read_target(
             match socket.try_recv_buf(&mut buf) {
                 Ok(n) if n > MAX_DATAGRAM => meters.dropped(DropReason::TooLarge),
                 Ok(_) => match queue.push(Bytes::copy_from_slice(&buf)) {
-                    Ok(()) => {}
-                    Err(PushError::Full) => meters.dropped(DropReason::QueueFull),
+                    Ok(dropped) => meters.dropped_n(DropReason::QueueFull, dropped),
                     Err(PushError::Closed(_)) => return FlowError::Pump(PumpError::Cancelled),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -429,26 +494,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_queue_drops_the_newest_beyond_its_bounds() {
+    async fn the_queue_drops_the_oldest_beyond_its_bounds() {
         let (tx, mut rx) = queue();
-        let mut accepted = 0;
-        for _ in 0..UDP_QUEUE_DATAGRAMS + 10 {
-            match tx.push(Bytes::from_static(b"x")) {
-                Ok(()) => accepted += 1,
-                Err(PushError::Full) => {}
+        let mut dropped = 0;
+        for i in 0..UDP_QUEUE_DATAGRAMS as u64 + 10 {
+            match tx.push(Bytes::from(i.to_be_bytes().to_vec())) {
+                Ok(n) => dropped += n,
                 Err(PushError::Closed(_)) => panic!("open"),
             }
         }
-        assert_eq!(accepted, UDP_QUEUE_DATAGRAMS);
-        let (tx2, _rx2) = queue();
+        assert_eq!(dropped, 10);
+        // The ten oldest went; the rest come out in order.
+        assert_eq!(rx.recv().await.as_deref(), Some(&10u64.to_be_bytes()[..]));
+        let (tx2, mut rx2) = queue();
         let big = Bytes::from(vec![0u8; MAX_DATAGRAM]);
         let fit = UDP_QUEUE_BYTES / MAX_DATAGRAM;
         for _ in 0..fit {
-            tx2.push(big.clone()).unwrap();
+            assert_eq!(tx2.push(big.clone()).unwrap(), 0);
         }
-        assert!(matches!(tx2.push(big), Err(PushError::Full)));
-        assert_eq!(rx.recv().await.as_deref(), Some(&b"x"[..]));
+        // One more of the largest does not fit in the bytes: the oldest goes.
+        assert_eq!(tx2.push(big.clone()).unwrap(), 1);
+        for _ in 0..fit {
+            assert_eq!(rx2.recv().await.map(|d| d.len()), Some(MAX_DATAGRAM));
+        }
+        // Every producer gone: the consumer sees the end.
+        drop(tx2);
+        assert_eq!(rx2.recv().await, None);
         drop(rx);
+        assert!(tx.is_closed());
         assert!(matches!(
             tx.push(Bytes::from_static(b"y")),
             Err(PushError::Closed(_))

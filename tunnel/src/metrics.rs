@@ -98,11 +98,19 @@ impl UdpMeters {
 
     /// Counts one datagram dropped.
     pub fn dropped(&self, reason: DropReason) {
+        self.dropped_n(reason, 1);
+    }
+
+    /// Counts `n` datagrams dropped for `reason` (none: nothing happens).
+    pub fn dropped_n(&self, reason: DropReason, n: u64) {
+        if n == 0 {
+            return;
+        }
         let i = DROP_REASONS
             .iter()
             .position(|(r, _)| *r == reason)
             .unwrap_or(0);
-        self.drops[i].inc();
+        self.drops[i].inc_by(n);
     }
 }
 

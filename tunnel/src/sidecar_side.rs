@@ -872,9 +872,8 @@ async fn udp_loop(socket: UdpSocket, spec: ListenerSpec, limit: Arc<Semaphore>, 
         let mut datagram = bytes::Bytes::copy_from_slice(&buf[..n]);
         if let Some(queue) = flows.get(&peer) {
             match queue.push(datagram) {
-                Ok(()) => continue,
-                Err(PushError::Full) => {
-                    m.udp.pod_to_local.dropped(DropReason::QueueFull);
+                Ok(dropped) => {
+                    m.udp.pod_to_local.dropped_n(DropReason::QueueFull, dropped);
                     continue;
                 }
                 // That flow ended (idle, refused): this datagram opens a new one.
