@@ -203,8 +203,13 @@ fn dnsmasq(suffix: &str) -> (Kill, u16) {
 
 /// `wget` from the client pod.
 fn wget(kubectl: &Kubectl, ns: &str, url: &str) -> Result<String, String> {
+    wget_from(kubectl, ns, "client", url)
+}
+
+/// `wget` from pod `pod`.
+fn wget_from(kubectl: &Kubectl, ns: &str, pod: &str, url: &str) -> Result<String, String> {
     kubectl.try_run([
-        "-n", ns, "exec", "client", "--", "timeout", "5", "wget", "-qO-", url,
+        "-n", ns, "exec", pod, "--", "timeout", "5", "wget", "-qO-", url,
     ])
 }
 
@@ -267,22 +272,25 @@ fn cluster_expose() {
     for n in [&ns, &client_ns] {
         kubectl.run(["create", "namespace", n]);
     }
-    kubectl.run([
-        "-n",
-        &client_ns,
-        "run",
-        "client",
-        "--image",
-        &client_image,
-        "--image-pull-policy",
-        "IfNotPresent",
-        "--restart",
-        "Never",
-        "--command",
-        "--",
-        "sleep",
-        "3600",
-    ]);
+    // `client` is let in by `--allow` below; `intruder` is not.
+    for pod in ["client", "intruder"] {
+        kubectl.run([
+            "-n",
+            &client_ns,
+            "run",
+            pod,
+            "--image",
+            &client_image,
+            "--image-pull-policy",
+            "IfNotPresent",
+            "--restart",
+            "Never",
+            "--command",
+            "--",
+            "sleep",
+            "3600",
+        ]);
+    }
     let www: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("expose-www-{suffix}"));
     let token = format!("hello from the developer's machine {suffix}");
     let (_server, port) = python_server(&www, &token);
@@ -487,13 +495,28 @@ fn cluster_expose() {
     killed.child.0.kill().unwrap();
     killed.child.0.wait().unwrap();
     assert_ne!(leftovers(&kubectl, &ns), "");
-    // The adopting run speaks JSON: the same story as events.
+    // The adopting run speaks JSON (the same story as events) and lets
+    // only the client pod in (`--allow`, enforced by the relays, which see
+    // the client's pod IP through the Service).
+    let client_ip = kubectl
+        .run([
+            "-n",
+            &client_ns,
+            "get",
+            "pod",
+            "client",
+            "-o",
+            "jsonpath={.status.podIP}",
+        ])
+        .trim()
+        .to_owned();
+    let allow = format!("{client_ip}/32");
     let mut adopted = Expose::spawn(&mut rpf_expose(
         &rpf,
         &kubeconfig,
         &ns,
         &sidecar,
-        &["svc/web", &spec, "-o", "json"],
+        &["svc/web", &spec, "-o", "json", "--allow", &allow],
     ));
     let created = adopted.wait_event("created", Duration::from_secs(60));
     assert_eq!(created["namespace"], ns.as_str(), "{created}");
@@ -512,6 +535,37 @@ fn cluster_expose() {
         "a stdout line that is not JSON: {:#?}",
         adopted.seen
     );
+    wait_for(
+        "a ready endpoint after the adoption",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |last| {
+            *last = kubectl
+                .try_run([
+                    "-n",
+                    &ns,
+                    "get",
+                    "endpoints",
+                    "web",
+                    "-o",
+                    "jsonpath={.subsets[*].addresses[*].ip}",
+                ])
+                .unwrap_or_else(|e| e);
+            (!last.trim().is_empty() && !last.contains("error")).then_some(())
+        },
+    );
+    let url = format!("http://{}/hello.txt", service_ip());
+    let allowed = wget(&kubectl, &client_ns, &url).expect("the allowed pod is served");
+    assert_eq!(allowed.trim(), token);
+    let intruder = wget_from(&kubectl, &client_ns, "intruder", &url);
+    log(format!(
+        "--allow {allow}: client served, intruder got {intruder:?}"
+    ));
+    assert!(intruder.is_err(), "a pod outside --allow was served");
+    let refused = adopted.wait_event("refused", Duration::from_secs(10));
+    assert_eq!(refused["reason"], "not_allowed", "{refused}");
+    // Connection events name the port in the relay pod (10000 + i).
+    assert_eq!(refused["port"], 10000);
     adopted.child.0.kill().unwrap();
     adopted.child.0.wait().unwrap();
     let cleanup = kubectl_free_rpf(&rpf, &kubeconfig, &["cleanup", "-n", &ns]);
