@@ -257,18 +257,19 @@ pub async fn supervise(
         let grace_s = ticket
             .as_ref()
             .map(|t| Duration::from_millis(t.grace_ms).as_secs());
+        let why = rpf_process::error_chain(&e);
         let event = Event::Lost {
             place: &place,
-            error: e.to_string(),
+            error: why.clone(),
             reconnecting,
             grace_s: grace_s.filter(|_| reconnecting),
         };
         config.output.report(&event, || match grace_s {
             _ if !reconnecting => {}
             Some(grace) => eprintln!(
-                "Lost connection to {place}: {e}; reconnecting (the sidecar keeps the ports for {grace}s)"
+                "Lost connection to {place}: {why}; reconnecting (the sidecar keeps the ports for {grace}s)"
             ),
-            None => eprintln!("Lost connection to {place}: {e}; reconnecting"),
+            None => eprintln!("Lost connection to {place}: {why}; reconnecting"),
         });
         if !reconnecting {
             return Err(anyhow::Error::new(e).context(format!("lost connection to {place}")));

@@ -72,9 +72,13 @@ mod tests {
 
     #[test]
     fn a_lost_channel_is_told_apart_from_a_refusal() {
-        let lost = anyhow::Error::new(SessionError::lost("broken pipe")).context("lost connection");
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let lost = anyhow::Error::new(SessionError::lost(pipe)).context("lost connection");
         assert_eq!(status(&lost), LOST);
-        let refused = anyhow::Error::new(SessionError::Remote("no".into()));
+        let refused = anyhow::Error::new(SessionError::Remote {
+            peer: rpf_proto::Side::Sidecar,
+            message: "no".into(),
+        });
         assert_eq!(status(&refused), FAILED);
         assert_eq!(status(&anyhow::anyhow!("forbidden")), FAILED);
     }

@@ -276,6 +276,23 @@ impl Message {
         }
     }
 
+    /// The message's `type` on the wire, e.g. `bind_failed`: how errors
+    /// name a message out of place without echoing what the peer put in it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Bind { .. } => "bind",
+            Message::Bound { .. } => "bound",
+            Message::Resume { .. } => "resume",
+            Message::Resumed { .. } => "resumed",
+            Message::ResumeFailed { .. } => "resume_failed",
+            Message::BindFailed { .. } => "bind_failed",
+            Message::Rejected { .. } => "rejected",
+            Message::Error { .. } => "error",
+            Message::Goodbye { .. } => "goodbye",
+        }
+    }
+
     /// Serialises one message as a line.
     pub fn encode(&self) -> Bytes {
         let mut line = serde_json::to_vec(self).expect("control messages always serialise");
@@ -444,6 +461,16 @@ mod tests {
                 reason: "interrupted".into(),
             },
         ]
+    }
+
+    #[test]
+    fn kind_is_the_wire_type() {
+        let all = sample();
+        assert_eq!(all.len(), 10, "sample() covers every message");
+        for msg in all {
+            let json: serde_json::Value = serde_json::from_slice(&msg.encode()).unwrap();
+            assert_eq!(json["type"], msg.kind(), "{msg:?}");
+        }
     }
 
     #[test]

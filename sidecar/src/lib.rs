@@ -70,7 +70,10 @@ pub async fn serve(
                     info!("channel from {peer} lost: {}", describe_end(&end))
                 }
                 Ok(end) => info!("session from {peer} ended: {}", describe_end(&end)),
-                Err(e) => warn!("session from {peer} ended: {e}"),
+                Err(e) => warn!(
+                    "session from {peer} ended: {}",
+                    rpf_process::error_chain(&e)
+                ),
             }
         });
     }
@@ -95,8 +98,9 @@ pub fn describe_end(end: &SessionEnd) -> String {
     match end {
         SessionEnd::Goodbye(reason) => format!("the CLI said goodbye ({reason})"),
         SessionEnd::Shutdown => "the sidecar is shutting down".into(),
-        SessionEnd::Detached { reason, grace } => format!(
-            "{reason}; keeping its listeners for {}s for the CLI to resume",
+        SessionEnd::Detached { cause, grace } => format!(
+            "{}; keeping its listeners for {}s for the CLI to resume",
+            rpf_process::error_chain(cause),
             grace.as_secs_f64()
         ),
     }

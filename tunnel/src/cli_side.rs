@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,25 +19,25 @@ use h2::RecvStream;
 use http::{Request, Response, StatusCode};
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::control::{ControlReader, ControlWriter};
 use crate::datagram::{self, Flow, FlowEnd, FlowError};
-use crate::error::SessionError;
+use crate::error::{Closed, SessionError, Violation};
 use crate::events::{millis, ConnectionEvent, Outcome, Output};
 use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
 use crate::metrics::FlowOutcome;
 use crate::metrics::{ErrorType, Metrics};
-use crate::net::{canonical_ip, describe_io_error, dial};
+use crate::net::{allowed, connection_limit, describe_io_error, dial};
 use crate::pump::{splice, Meters, PumpError, Transferred};
 use crate::ratelimit::Throttle;
 use rpf_proto::message::{
     BindAddr, BoundListener, ListenerSpec, Message, PodRef, Protocol, RejectReason, SessionTicket,
 };
-use rpf_proto::{version_mismatch, Side};
+use rpf_proto::Side;
 use rpf_proto::{wire, PROTOCOL_VERSION};
 
 /// One reverse port forward, as the user asked for it.
@@ -145,7 +144,7 @@ impl std::fmt::Debug for Established {
 
 /// Shared by the connection handlers of one session.
 struct State {
-    forwards: HashMap<u32, (Forward, AtomicU32)>,
+    forwards: HashMap<u32, (Forward, Semaphore)>,
     metrics: Metrics,
     /// Fires when the session ends: open connections are reset.
     ended: CancellationToken,
@@ -181,23 +180,29 @@ where
         Some(Ok(pair)) => pair,
         Some(Err(e)) => return Err(handshake_error(e)),
         None => {
-            return Err(SessionError::Lost(
-                "the sidecar closed the channel before opening a session".into(),
-            ))
+            return Err(SessionError::Closed {
+                peer: Side::Sidecar,
+                what: Closed::ChannelBeforeSession,
+            })
         }
     };
     if request.uri().path() != wire::SESSION_PATH {
-        return Err(SessionError::Protocol(format!(
-            "expected the session stream first, got {}",
-            request.uri().path()
-        )));
+        return Err(SessionError::Protocol {
+            peer: Side::Sidecar,
+            violation: Violation::NotSessionStream {
+                path: rpf_proto::untrusted::escape_cut(
+                    request.uri().path(),
+                    rpf_proto::untrusted::MAX_CHARS,
+                ),
+            },
+        });
     }
 
     let state = Arc::new(State {
         forwards: config
             .forwards
             .iter()
-            .map(|f| (f.id, (f.clone(), AtomicU32::new(0))))
+            .map(|f| (f.id, (f.clone(), connection_limit(f.max_connections))))
             .collect(),
         metrics: metrics.clone(),
         ended: CancellationToken::new(),
@@ -210,7 +215,7 @@ where
         .send_response(Response::new(()), false)
         .map_err(SessionError::lost)?;
     let mut ctl_out = ControlWriter::new(send);
-    let mut ctl_in = ControlReader::new(request.into_body());
+    let mut ctl_in = ControlReader::new(request.into_body(), Side::Sidecar);
     let step = |what| SessionError::Timeout(HANDSHAKE_TIMEOUT, what);
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, ctl_in.next())
         .await
@@ -225,13 +230,18 @@ where
             features,
         }) => {
             if protocol != PROTOCOL_VERSION {
-                let msg = version_mismatch(PROTOCOL_VERSION, protocol, &software, Side::Cli);
+                let mismatch = SessionError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: protocol,
+                    their_software: software,
+                    we_are: Side::Cli,
+                };
                 ctl_out.finish(&Message::Error {
-                    message: msg.clone(),
+                    message: mismatch.to_string(),
                 });
                 let _ = stop_tx.send(());
                 let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
-                return Err(SessionError::VersionMismatch(msg));
+                return Err(mismatch);
             }
             SidecarInfo {
                 software,
@@ -241,13 +251,9 @@ where
                 udp: features.iter().any(|f| f == rpf_proto::features::UDP),
             }
         }
-        Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
-        Some(other) => {
-            return Err(SessionError::Protocol(format!(
-                "expected hello from the sidecar, got {other:?}"
-            )))
-        }
-        None => return Err(SessionError::Lost("the sidecar closed the session".into())),
+        Some(Message::Error { message }) => return Err(remote(message)),
+        Some(other) => return Err(unexpected("the sidecar's hello", &other)),
+        None => return Err(closed_session()),
     };
     ctl_out.send(&Message::hello(None, None))?;
     Ok(Greeted {
@@ -309,18 +315,16 @@ impl Greeted {
         // refuse before asking.
         if !self.sidecar.udp {
             if let Some(f) = self.forwards.iter().find(|f| f.protocol == Protocol::Udp) {
-                let msg = format!(
-                    "this sidecar (rpf-sidecar {}) does not support UDP, asked for by {}/udp; upgrade it to rpf-sidecar {} (the release of this rpf) or later, or forward TCP only",
-                    self.sidecar.software,
-                    f.remote_port,
-                    rpf_proto::SOFTWARE_VERSION
-                );
+                let unsupported = SessionError::UdpUnsupported {
+                    sidecar: self.sidecar.software.clone(),
+                    port: f.remote_port,
+                };
                 self.ctl_out.finish(&Message::Goodbye {
                     reason: "UDP is not supported by this sidecar".into(),
                 });
                 let _ = self.stop_driver.send(());
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
-                return Err(SessionError::Unsupported(msg));
+                return Err(unsupported);
             }
         }
         let listeners = self
@@ -370,8 +374,8 @@ impl Greeted {
                     kind,
                 })
             }
-            Some(other) => Err(unexpected("the bind result", other)),
-            None => Err(SessionError::Lost("the sidecar closed the session".into())),
+            Some(other) => Err(unexpected("the bind result", &other)),
+            None => Err(closed_session()),
         }
     }
 
@@ -387,8 +391,8 @@ impl Greeted {
                 Ok(Resume::Resumed(resumed))
             }
             Some(Message::ResumeFailed { reason }) => Ok(Resume::Refused(self, reason)),
-            Some(other) => Err(unexpected("the resume result", other)),
-            None => Err(SessionError::Lost("the sidecar closed the session".into())),
+            Some(other) => Err(unexpected("the resume result", &other)),
+            None => Err(closed_session()),
         }
     }
 
@@ -400,7 +404,7 @@ impl Greeted {
                 .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT, what))??;
             match msg {
                 Some(Message::Rejected { .. }) => continue,
-                Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
+                Some(Message::Error { message }) => return Err(remote(message)),
                 other => return Ok(other),
             }
         }
@@ -432,8 +436,22 @@ impl Greeted {
 /// Longest session token the CLI keeps (the sidecar issues 64 hex digits).
 const MAX_TOKEN_LEN: usize = 128;
 
-fn unexpected(what: &str, got: Message) -> SessionError {
-    SessionError::Protocol(format!("expected {what}, got {got:?}"))
+fn unexpected(expected: &'static str, got: &Message) -> SessionError {
+    SessionError::unexpected(Side::Sidecar, expected, got)
+}
+
+fn remote(message: String) -> SessionError {
+    SessionError::Remote {
+        peer: Side::Sidecar,
+        message,
+    }
+}
+
+fn closed_session() -> SessionError {
+    SessionError::Closed {
+        peer: Side::Sidecar,
+        what: Closed::Session,
+    }
 }
 
 impl Established {
@@ -481,20 +499,18 @@ impl Established {
                         });
                     }
                     Some(Message::Goodbye { reason }) => {
-                        return Err(SessionError::Lost(format!("the sidecar ended the session: {reason}")))
+                        return Err(SessionError::Ended { peer: Side::Sidecar, reason })
                     }
-                    Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
-                    Some(other) => {
-                        return Err(SessionError::Protocol(format!("unexpected message from the sidecar: {other:?}")))
-                    }
-                    None => return Err(SessionError::Lost("the sidecar closed the session".into())),
+                    Some(Message::Error { message }) => return Err(remote(message)),
+                    Some(other) => return Err(unexpected("a rejected, goodbye or error message", &other)),
+                    None => return Err(closed_session()),
                 },
                 ended = &mut self.driver => {
-                    return Err(SessionError::Lost(match ended {
-                        Ok(Ok(())) => "the sidecar closed the channel".into(),
-                        Ok(Err(e)) => http2::describe_lost(&e),
-                        Err(e) => format!("channel task failed: {e}"),
-                    }));
+                    return Err(match ended {
+                        Ok(Ok(())) => SessionError::Closed { peer: Side::Sidecar, what: Closed::Channel },
+                        Ok(Err(e)) => http2::channel_failed(e),
+                        Err(e) => SessionError::lost(e),
+                    });
                 }
                 end = &mut keepalive => return Err(end),
             }
@@ -504,11 +520,12 @@ impl Established {
 
 fn handshake_error(e: h2::Error) -> SessionError {
     if e.is_io() {
-        SessionError::Lost(format!("channel lost during the handshake: {e}"))
+        SessionError::lost(e)
     } else {
-        SessionError::Handshake(format!(
-            "{e}; is `rpf-sidecar stdio` (or the sidecar's control port) at the far end?"
-        ))
+        SessionError::Handshake {
+            expected: Side::Sidecar,
+            source: e,
+        }
     }
 }
 
@@ -553,7 +570,7 @@ async fn handle_connection(
     let peer = header(wire::PEER_HEADER).and_then(|v| v.parse::<SocketAddr>().ok());
     let found = id.and_then(|id| state.forwards.get(&id));
     // The path must match what the CLI's own spec says the listener is.
-    let path_fits = |(f, _): &&(Forward, AtomicU32)| match f.protocol {
+    let path_fits = |(f, _): &&(Forward, Semaphore)| match f.protocol {
         Protocol::Tcp => request.uri().path() == wire::CONNECT_PATH,
         Protocol::Udp => request.uri().path() == wire::UDP_PATH,
     };
@@ -579,12 +596,7 @@ async fn handle_connection(
     };
     // `rpf-peer` is the sidecar's word: this only catches a buggy sidecar;
     // the allow list is enforced where the true peer is seen, in the pod.
-    if !forward.allow.is_empty()
-        && !forward
-            .allow
-            .iter()
-            .any(|n| n.contains(&canonical_ip(peer.ip())))
-    {
+    if !allowed(&forward.allow, peer.ip()) {
         m.rejected(RejectReason::NotAllowed).inc();
         state.output.report(&refused(RejectReason::NotAllowed), || {
             crate::warn_limited!(
@@ -593,8 +605,7 @@ async fn handle_connection(
         });
         return refuse(&mut respond, StatusCode::FORBIDDEN, "peer not allowed");
     }
-    if active.fetch_add(1, Ordering::AcqRel) >= forward.max_connections {
-        active.fetch_sub(1, Ordering::AcqRel);
+    let Ok(_slot) = active.try_acquire() else {
         m.rejected(RejectReason::Limit).inc();
         state.output.report(&refused(RejectReason::Limit), || {
             crate::warn_limited!(
@@ -607,8 +618,7 @@ async fn handle_connection(
             StatusCode::SERVICE_UNAVAILABLE,
             "connection limit reached",
         );
-    }
-    let _slot = SlotGuard(active);
+    };
     let tracked = Tracked {
         port,
         peer,
@@ -852,14 +862,6 @@ async fn connect_udp(host: &str, port: u16) -> std::io::Result<tokio::net::UdpSo
     let socket = tokio::net::UdpSocket::bind(any).await?;
     socket.connect(target).await?;
     Ok(socket)
-}
-
-/// Frees a connection slot of a forward when the connection ends.
-struct SlotGuard<'a>(&'a AtomicU32);
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode, why: &str) {

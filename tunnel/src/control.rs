@@ -5,29 +5,36 @@
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
-use crate::error::SessionError;
+use crate::error::{SessionError, Violation};
 use rpf_proto::message::{Decoder, Message};
+use rpf_proto::Side;
 
 /// Reads control messages from the peer.
 #[derive(Debug)]
 pub struct ControlReader {
     recv: RecvStream,
     decoder: Decoder,
+    peer: Side,
 }
 
 impl ControlReader {
-    /// Wraps the receiving half of the session stream.
-    pub fn new(recv: RecvStream) -> Self {
+    /// Wraps the receiving half of the session stream `peer` writes.
+    pub fn new(recv: RecvStream, peer: Side) -> Self {
         Self {
             recv,
             decoder: Decoder::default(),
+            peer,
         }
     }
 
     /// The next message, or `None` when the peer ended the stream.
     pub async fn next(&mut self) -> Result<Option<Message>, SessionError> {
         loop {
-            if let Some(msg) = self.decoder.next_message()? {
+            let decoded = self
+                .decoder
+                .next_message()
+                .map_err(|e| self.broken(e.into()))?;
+            if let Some(msg) = decoded {
                 return Ok(Some(msg.escaped()));
             }
             match self.recv.data().await {
@@ -35,14 +42,17 @@ impl ControlReader {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     self.decoder.extend(&data);
                 }
-                Some(Err(e)) => return Err(SessionError::Lost(crate::http2::describe_lost(&e))),
+                Some(Err(e)) => return Err(crate::http2::channel_failed(e)),
                 None if self.decoder.pending() == 0 => return Ok(None),
-                None => {
-                    return Err(SessionError::Protocol(
-                        "the session stream ended in the middle of a message".into(),
-                    ))
-                }
+                None => return Err(self.broken(Violation::Truncated)),
             }
+        }
+    }
+
+    fn broken(&self, violation: Violation) -> SessionError {
+        SessionError::Protocol {
+            peer: self.peer,
+            violation,
         }
     }
 }

@@ -11,7 +11,7 @@
 //! hold: the reset limits are sized for real bursts (1,000 pod connections
 //! refused or aborted at once), not raised out of the way, and a peer that
 //! exceeds them is told `ENHANCE_YOUR_CALM` and named as misbehaving
-//! ([`describe_lost`]). Measured figures: docs/protocol.md, "Security".
+//! ([`channel_failed`]). Measured figures: docs/protocol.md, "Security".
 
 use std::time::Duration;
 
@@ -98,15 +98,13 @@ where
         .await
 }
 
-/// Words the error that ended a channel. A peer that tripped one of the
+/// The session error for a failed channel. A peer that tripped one of the
 /// limits above is named as misbehaving: a real sidecar never does.
-pub fn describe_lost(e: &h2::Error) -> String {
+pub fn channel_failed(e: h2::Error) -> SessionError {
     if e.is_go_away() && !e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
-        "the sidecar misbehaved (it reset or broke streams far faster than any tunnel does: \
-         a modified or broken sidecar?); the channel was closed"
-            .into()
+        SessionError::Misbehaved
     } else {
-        format!("channel lost: {e}")
+        SessionError::lost(e)
     }
 }
 
@@ -138,7 +136,7 @@ impl Keepalive {
             tokio::time::sleep(self.interval).await;
             match tokio::time::timeout(self.timeout, pings.ping(Ping::opaque())).await {
                 Ok(Ok(_pong)) => {}
-                Ok(Err(_)) => return SessionError::Lost("channel lost".into()),
+                Ok(Err(e)) => return channel_failed(e),
                 Err(_) => {
                     return SessionError::Keepalive {
                         peer,

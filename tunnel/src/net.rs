@@ -37,6 +37,19 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The concurrent-connection (or UDP flow) limit of one listener: a permit
+/// per connection, returned when it ends. Both ends count with it.
+pub fn connection_limit(max_connections: u32) -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(max_connections as usize)
+}
+
+/// Whether an allow list admits `ip` (an empty list admits everyone). One
+/// check for both ends: the sidecar enforces it, the CLI re-checks.
+pub fn allowed(allow: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
+}
+
 /// Connects to `host:port`, trying every address the name resolves to.
 /// `localhost` is answered without a resolver: IPv4 first, then IPv6, so a
 /// local service works whichever loopback it listens on.

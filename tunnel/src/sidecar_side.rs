@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -32,20 +31,21 @@ use tracing::{debug, info, warn};
 
 use crate::control::{ControlReader, ControlWriter};
 use crate::datagram::{self, Flow, FlowEnd, FlowError, PushError, QueueRx, QueueTx, Sink};
-use crate::error::SessionError;
+use crate::error::{Closed, SessionError, Violation};
 use crate::http2::{self, Keepalive, HANDSHAKE_TIMEOUT};
 use crate::metrics::{DropReason, FlowOutcome};
 use crate::metrics::{ErrorType, Metrics};
+use crate::net::{allowed, connection_limit};
 use crate::pump::{self, splice, Meters, PumpError};
 use rpf_proto::message::{
     BindErrorKind, BoundListener, ListenerSpec, Message, PodRef, Protocol, RejectReason,
     SessionTicket,
 };
+use rpf_proto::Side;
 use rpf_proto::{
     features, wire, DEFAULT_UDP_IDLE_TIMEOUT, MAX_DATAGRAM, MAX_GRACE, MAX_UDP_IDLE_TIMEOUT,
     PROTOCOL_VERSION,
 };
-use rpf_proto::{version_mismatch, Side};
 
 /// What the sidecar knows about itself, told to the CLI in its hello.
 #[derive(Debug, Clone, Default)]
@@ -81,7 +81,7 @@ impl Readiness {
 }
 
 /// How a session (or, for a resumable one, its channel) ended without error.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum SessionEnd {
     /// The CLI said goodbye.
     Goodbye(String),
@@ -91,7 +91,7 @@ pub enum SessionEnd {
     /// listeners for `grace`, waiting for the CLI to resume it.
     Detached {
         /// Why the channel ended.
-        reason: String,
+        cause: SessionError,
         /// How long the listeners stay.
         grace: Duration,
     },
@@ -249,10 +249,7 @@ where
         {
             let grace = core.grace;
             sessions.park(core);
-            Ok(SessionEnd::Detached {
-                reason: e.to_string(),
-                grace,
-            })
+            Ok(SessionEnd::Detached { cause: e, grace })
         }
         (end, _) => {
             core.close().await;
@@ -275,7 +272,10 @@ where
     let (send_req, mut conn) = tokio::time::timeout(HANDSHAKE_TIMEOUT, http2::client_handshake(io))
         .await
         .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT, "the HTTP/2 handshake"))?
-        .map_err(|e| SessionError::Handshake(e.to_string()))?;
+        .map_err(|e| SessionError::Handshake {
+            expected: Side::Cli,
+            source: e,
+        })?;
     let pings = conn.ping_pong().expect("ping_pong is taken once");
     let mut driver = tokio::spawn(conn);
 
@@ -303,35 +303,45 @@ where
         .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT, "the CLI's answer"))?
         .map_err(SessionError::lost)?;
     if response.status() != StatusCode::OK {
-        return Err(SessionError::Protocol(format!(
-            "the CLI answered the session stream with HTTP {}",
-            response.status()
-        )));
+        return Err(SessionError::Protocol {
+            peer: Side::Cli,
+            violation: Violation::Status {
+                status: response.status(),
+            },
+        });
     }
-    let mut ctl_in = ControlReader::new(response.into_body());
+    let mut ctl_in = ControlReader::new(response.into_body(), Side::Cli);
     match ctl_in.next().await? {
         Some(Message::Hello { protocol, .. }) if protocol == PROTOCOL_VERSION => {}
         Some(Message::Hello {
             protocol, software, ..
         }) => {
-            let msg = version_mismatch(PROTOCOL_VERSION, protocol, &software, Side::Sidecar);
+            let mismatch = SessionError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: protocol,
+                their_software: software,
+                we_are: Side::Sidecar,
+            };
             ctl_out.finish(&Message::Error {
-                message: msg.clone(),
+                message: mismatch.to_string(),
             });
             // h2 has no flush: let the driver write the error before we go.
             let _ = tokio::time::timeout(Duration::from_millis(500), &mut driver).await;
-            return Err(SessionError::VersionMismatch(msg));
+            return Err(mismatch);
         }
-        Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
+        Some(Message::Error { message }) => return Err(remote(message)),
         Some(other) => {
-            return Err(SessionError::Protocol(format!(
-                "expected hello from the CLI, got {other:?}"
-            )))
+            return Err(SessionError::unexpected(
+                Side::Cli,
+                "the CLI's hello",
+                &other,
+            ))
         }
         None => {
-            return Err(SessionError::Lost(
-                "the CLI closed the session before its hello".into(),
-            ))
+            return Err(SessionError::Closed {
+                peer: Side::Cli,
+                what: Closed::SessionBeforeHello,
+            })
         }
     }
 
@@ -371,7 +381,7 @@ where
                             }).collect();
                             for (id, ls) in bound {
                                 let spec = listeners.iter().find(|s| s.id == id).expect("bound from specs");
-                                let limit = Arc::new(Semaphore::new(spec.max_connections as usize));
+                                let limit = Arc::new(connection_limit(spec.max_connections));
                                 for (listener, _) in ls {
                                     match listener {
                                         Socket::Tcp(l) => core.accept_tasks.spawn(accept_loop(l, spec.clone(), limit.clone(), core.clone())),
@@ -418,21 +428,28 @@ where
                     ctl_out.send(&reply)?;
                 }
                 Some(Message::Goodbye { reason }) => return Ok(SessionEnd::Goodbye(reason)),
-                Some(Message::Error { message }) => return Err(SessionError::Remote(message)),
-                Some(other) => return Err(SessionError::Protocol(format!("unexpected message from the CLI: {other:?}"))),
-                None => return Err(SessionError::Lost("the CLI closed the session".into())),
+                Some(Message::Error { message }) => return Err(remote(message)),
+                Some(other) => return Err(SessionError::unexpected(Side::Cli, "a bind, resume, goodbye or error message", &other)),
+                None => return Err(SessionError::Closed { peer: Side::Cli, what: Closed::Session }),
             },
             Some(event) = events_rx.recv() => ctl_out.send(&event)?,
             ended = &mut driver => {
-                let why = match ended {
-                    Ok(Ok(())) => "the CLI closed the channel".to_string(),
-                    Ok(Err(e)) => format!("channel lost: {e}"),
-                    Err(e) => format!("channel task failed: {e}"),
-                };
-                return Err(SessionError::Lost(why));
+                return Err(match ended {
+                    Ok(Ok(())) => SessionError::Closed { peer: Side::Cli, what: Closed::Channel },
+                    Ok(Err(e)) => SessionError::lost(e),
+                    Err(e) => SessionError::lost(e),
+                });
             }
             end = &mut keepalive => return Err(end),
         }
+    }
+}
+
+/// The CLI reported a fatal error.
+fn remote(message: String) -> SessionError {
+    SessionError::Remote {
+        peer: Side::Cli,
+        message,
     }
 }
 
@@ -706,11 +723,6 @@ async fn accept_loop(
         });
     }
     debug!(?local, id = spec.id, "listener closed");
-}
-
-fn allowed(allow: &[IpNet], ip: IpAddr) -> bool {
-    let ip = crate::net::canonical_ip(ip);
-    allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
 }
 
 fn reject(

@@ -273,7 +273,7 @@ async fn a_silent_channel_is_declared_dead_by_keepalive_on_both_ends() {
     assert!(
         matches!(
             &sidecar_end,
-            Err(SessionError::Lost(_)
+            Err(SessionError::Lost { .. }
                 | SessionError::Keepalive {
                     peer: Side::Cli,
                     ..

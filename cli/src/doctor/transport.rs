@@ -38,7 +38,7 @@ pub async fn greet(cluster: &Cluster, pod: &str, transport: Transport) -> Greeti
     );
     let channel = match bounded("the channel", source.open()).await {
         Err(why) => return Greeting::Failed(why),
-        Ok(Err(e)) => return Greeting::Failed(e.to_string()),
+        Ok(Err(e)) => return Greeting::Failed(rpf_process::error_chain(&e)),
         Ok(Ok(channel)) => channel,
     };
     let Channel { io, guard, .. } = channel;
@@ -46,8 +46,8 @@ pub async fn greet(cluster: &Cluster, pod: &str, transport: Transport) -> Greeti
     let config = CliConfig::new(Vec::new());
     let greeting = match bounded("the sidecar's hello", handshake(io, &config, &metrics)).await {
         Err(why) => Greeting::Failed(why),
-        Ok(Err(SessionError::VersionMismatch(words))) => Greeting::Mismatch(words),
-        Ok(Err(e)) => Greeting::Failed(e.to_string()),
+        Ok(Err(e @ SessionError::VersionMismatch { .. })) => Greeting::Mismatch(e.to_string()),
+        Ok(Err(e)) => Greeting::Failed(rpf_process::error_chain(&e)),
         Ok(Ok(greeted)) => Greeting::Greeted(greeted.sidecar.clone()),
     };
     drop(guard);
