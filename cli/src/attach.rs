@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rpf_proto::message::{BindAddr, BindErrorKind, BoundListener, SessionTicket};
+use rpf_proto::message::{BindAddr, BindErrorKind, BoundListener, ListenerSpec, SessionTicket};
 use rpf_proto::Side;
 use rpf_tunnel::cli_side::{
     default_bind_addrs, handshake, CliConfig, Established, Forward, Resume,
@@ -115,15 +115,17 @@ fn forwards(specs: &[PortSpec], args: &AttachArgs) -> Vec<Forward> {
         .iter()
         .zip(1..)
         .map(|(s, id)| Forward {
-            id,
-            remote_port: s.remote_port,
-            addrs: addrs.clone(),
-            max_connections: args.max_connections,
-            allow: args.allow.clone(),
+            listener: ListenerSpec {
+                id,
+                port: s.remote_port,
+                addrs: addrs.clone(),
+                max_connections: args.max_connections,
+                allow: args.allow.clone(),
+                protocol: s.protocol,
+                idle_timeout_ms: ListenerSpec::idle_timeout_ms(s.protocol, args.udp_idle_timeout),
+            },
             local_host: s.local_host.clone(),
             local_port: s.local_port,
-            protocol: s.protocol,
-            idle_timeout: args.udp_idle_timeout,
         })
         .collect()
 }
@@ -421,10 +423,14 @@ fn session_error(e: SessionError, place: &str) -> anyhow::Error {
 
 fn print_forwarding(bound: &[BoundListener], specs: &[PortSpec], config: &CliConfig, place: &str) {
     for listener in bound {
-        let Some(forward) = config.forwards.iter().find(|f| f.id == listener.id) else {
+        let Some(forward) = config
+            .forwards
+            .iter()
+            .find(|f| f.listener.id == listener.id)
+        else {
             continue;
         };
-        let spec = &specs[(forward.id - 1) as usize];
+        let spec = &specs[(forward.listener.id - 1) as usize];
         let suffix = match spec.protocol {
             Protocol::Tcp => "",
             Protocol::Udp => "/udp",

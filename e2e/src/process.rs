@@ -192,6 +192,11 @@ impl Background {
         }
     }
 
+    /// Whether the process has exited (e.g. it could not bind its port).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

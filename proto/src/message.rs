@@ -4,6 +4,7 @@
 //! (unknown fields are ignored), and cheap next to the data it steers.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use ipnet::IpNet;
@@ -88,6 +89,25 @@ pub struct ListenerSpec {
     /// (0 or absent: [`crate::DEFAULT_UDP_IDLE_TIMEOUT`]). The sidecar caps it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub idle_timeout_ms: u64,
+}
+
+impl ListenerSpec {
+    /// The wire value of a UDP idle timeout: 0 (not sent) for TCP.
+    pub fn idle_timeout_ms(protocol: Protocol, idle: Duration) -> u64 {
+        match protocol {
+            Protocol::Tcp => 0,
+            Protocol::Udp => idle.as_millis().try_into().unwrap_or(u64::MAX),
+        }
+    }
+
+    /// How long a UDP flow may sit idle, as both ends apply it: the
+    /// default when absent, never above [`crate::MAX_UDP_IDLE_TIMEOUT`].
+    pub fn udp_idle_timeout(&self) -> Duration {
+        match Duration::from_millis(self.idle_timeout_ms) {
+            Duration::ZERO => crate::DEFAULT_UDP_IDLE_TIMEOUT,
+            asked => asked.min(crate::MAX_UDP_IDLE_TIMEOUT),
+        }
+    }
 }
 
 /// A listener the sidecar opened.

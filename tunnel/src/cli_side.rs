@@ -8,7 +8,6 @@
 //! connection limits are enforced here as well as in the pod (the allow
 //! list only as a check on a buggy sidecar: the peer address is its word).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +16,6 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{Request, Response, StatusCode};
-use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -37,30 +35,20 @@ use crate::ratelimit::Throttle;
 use rpf_proto::message::{
     BindAddr, BoundListener, ListenerSpec, Message, PodRef, Protocol, RejectReason, SessionTicket,
 };
+use rpf_proto::wire;
 use rpf_proto::Side;
-use rpf_proto::{wire, PROTOCOL_VERSION};
 
-/// One reverse port forward, as the user asked for it.
+/// One reverse port forward, as the user asked for it: the listener the
+/// sidecar opens in the pod (the wire type both ends share) and what this
+/// side dials for each of its connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
-    /// Listener id, unique within the session.
-    pub id: u32,
-    /// Port bound in the pod.
-    pub remote_port: u16,
-    /// Addresses bound in the pod.
-    pub addrs: Vec<BindAddr>,
-    /// Concurrent connections allowed.
-    pub max_connections: u32,
-    /// Pod-side peers allowed (empty: all).
-    pub allow: Vec<IpNet>,
+    /// The listener in the pod, sent as is in the `bind`.
+    pub listener: ListenerSpec,
     /// Host dialed on this side.
     pub local_host: String,
     /// Port dialed on this side.
     pub local_port: u16,
-    /// TCP, or UDP (then `max_connections` caps concurrent flows).
-    pub protocol: Protocol,
-    /// UDP: a flow with no datagram either way for this long ends.
-    pub idle_timeout: Duration,
 }
 
 impl Forward {
@@ -124,13 +112,7 @@ pub struct Established {
     /// How to resume this session after a lost channel; `None` when the
     /// sidecar will close its listeners with the channel.
     pub ticket: Option<SessionTicket>,
-    ctl_in: ControlReader,
-    ctl_out: ControlWriter,
-    driver: JoinHandle<Result<(), h2::Error>>,
-    stop_driver: Option<oneshot::Sender<()>>,
-    pings: h2::PingPong,
-    state: Arc<State>,
-    keepalive: Keepalive,
+    channel: Channel,
 }
 
 impl std::fmt::Debug for Established {
@@ -142,13 +124,62 @@ impl std::fmt::Debug for Established {
     }
 }
 
+/// The channel under one session, from the hellos on: the session stream
+/// both ways, the HTTP/2 connection's task and PINGs, and what the
+/// connection handlers share. [`Greeted`] and [`Established`] are this
+/// plus what each step learned, so a step hands it on whole.
+struct Channel {
+    ctl_in: ControlReader,
+    ctl_out: ControlWriter,
+    driver: JoinHandle<Result<(), h2::Error>>,
+    stop_driver: Option<oneshot::Sender<()>>,
+    /// Taken by the keepalive when the session starts serving.
+    pings: Option<h2::PingPong>,
+    state: Arc<State>,
+    keepalive: Keepalive,
+}
+
+impl Channel {
+    /// Sends `last`, ends the session stream and stops the connection,
+    /// giving the message up to 2 s to leave (h2 has no flush); never
+    /// hangs.
+    async fn close(&mut self, last: &Message) {
+        self.ctl_out.finish(last);
+        if let Some(stop) = self.stop_driver.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.driver).await;
+    }
+
+    /// The next answer to a request, skipping events; errors end here.
+    async fn reply(&mut self, what: &'static str) -> Result<Option<Message>, SessionError> {
+        loop {
+            let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.ctl_in.next())
+                .await
+                .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT, what))??;
+            match msg {
+                Some(Message::Rejected { .. }) => continue,
+                Some(Message::Error { message }) => return Err(remote(message)),
+                other => return Ok(other),
+            }
+        }
+    }
+}
+
 /// Shared by the connection handlers of one session.
 struct State {
-    forwards: HashMap<u32, (Forward, Semaphore)>,
+    /// Each forward with its connection limit, in the order given.
+    forwards: Vec<(Forward, Semaphore)>,
     metrics: Metrics,
     /// Fires when the session ends: open connections are reset.
     ended: CancellationToken,
     output: Output,
+}
+
+impl State {
+    fn forward(&self, id: u32) -> Option<&(Forward, Semaphore)> {
+        self.forwards.iter().find(|(f, _)| f.listener.id == id)
+    }
 }
 
 /// Runs the handshake over `io`: HTTP/2, then hellos both ways.
@@ -163,7 +194,7 @@ where
     let max_streams = config
         .forwards
         .iter()
-        .map(|f| f.max_connections)
+        .map(|f| f.listener.max_connections)
         .fold(16u32, u32::saturating_add);
     let mut conn =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, http2::server_handshake(io, max_streams))
@@ -202,7 +233,7 @@ where
         forwards: config
             .forwards
             .iter()
-            .map(|f| (f.id, (f.clone(), connection_limit(f.max_connections))))
+            .map(|f| (f.clone(), connection_limit(f.listener.max_connections)))
             .collect(),
         metrics: metrics.clone(),
         ended: CancellationToken::new(),
@@ -214,60 +245,39 @@ where
     let send = respond
         .send_response(Response::new(()), false)
         .map_err(SessionError::lost)?;
-    let mut ctl_out = ControlWriter::new(send);
-    let mut ctl_in = ControlReader::new(request.into_body(), Side::Sidecar);
-    let step = |what| SessionError::Timeout(HANDSHAKE_TIMEOUT, what);
-    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, ctl_in.next())
-        .await
-        .map_err(|_| step("the sidecar's hello"))??;
-    let sidecar = match hello {
-        Some(Message::Hello {
-            protocol,
-            software,
-            pod,
-            hostname,
-            resume,
-            features,
-        }) => {
-            if protocol != PROTOCOL_VERSION {
-                let mismatch = SessionError::VersionMismatch {
-                    ours: PROTOCOL_VERSION,
-                    theirs: protocol,
-                    their_software: software,
-                    we_are: Side::Cli,
-                };
-                ctl_out.finish(&Message::Error {
-                    message: mismatch.to_string(),
-                });
-                let _ = stop_tx.send(());
-                let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
-                return Err(mismatch);
-            }
-            SidecarInfo {
-                software,
-                pod,
-                hostname,
-                resume,
-                udp: features.iter().any(|f| f == rpf_proto::features::UDP),
-            }
-        }
-        Some(Message::Error { message }) => return Err(remote(message)),
-        Some(other) => return Err(unexpected("the sidecar's hello", &other)),
-        None => return Err(closed_session()),
+    let mut channel = Channel {
+        ctl_in: ControlReader::new(request.into_body(), Side::Sidecar),
+        ctl_out: ControlWriter::new(send),
+        driver,
+        stop_driver: Some(stop_tx),
+        pings: Some(pings),
+        state,
+        keepalive: config.keepalive,
     };
-    ctl_out.send(&Message::hello(None, None))?;
+    let step = |what| SessionError::Timeout(HANDSHAKE_TIMEOUT, what);
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, channel.ctl_in.hello(Side::Cli))
+        .await
+        .map_err(|_| step("the sidecar's hello"))?;
+    let hello = match hello {
+        Err(mismatch @ SessionError::VersionMismatch { .. }) => {
+            let message = mismatch.to_string();
+            channel.close(&Message::Error { message }).await;
+            return Err(mismatch);
+        }
+        other => other?,
+    };
+    let sidecar = SidecarInfo {
+        udp: hello.features.iter().any(|f| f == rpf_proto::features::UDP),
+        software: hello.software,
+        pod: hello.pod,
+        hostname: hello.hostname,
+        resume: hello.resume,
+    };
+    channel.ctl_out.send(&Message::hello(None, None))?;
     Ok(Greeted {
         sidecar,
-        ctl_in,
-        ctl_out,
-        driver,
-        stop_driver: stop_tx,
-        pings,
-        state,
-        forwards: config.forwards.clone(),
-        keepalive: config.keepalive,
+        channel,
         grace: config.grace,
-        metrics: metrics.clone(),
     })
 }
 
@@ -288,16 +298,8 @@ pub enum Resume {
 pub struct Greeted {
     /// Who answered.
     pub sidecar: SidecarInfo,
-    ctl_in: ControlReader,
-    ctl_out: ControlWriter,
-    driver: JoinHandle<Result<(), h2::Error>>,
-    stop_driver: oneshot::Sender<()>,
-    pings: h2::PingPong,
-    state: Arc<State>,
-    forwards: Vec<Forward>,
-    keepalive: Keepalive,
+    channel: Channel,
     grace: Duration,
-    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Greeted {
@@ -314,34 +316,29 @@ impl Greeted {
         // An older sidecar ignores `protocol` and would bind TCP instead:
         // refuse before asking.
         if !self.sidecar.udp {
-            if let Some(f) = self.forwards.iter().find(|f| f.protocol == Protocol::Udp) {
+            let forwards = &self.channel.state.forwards;
+            if let Some((f, _)) = forwards
+                .iter()
+                .find(|(f, _)| f.listener.protocol == Protocol::Udp)
+            {
                 let unsupported = SessionError::UdpUnsupported {
                     sidecar: self.sidecar.software.clone(),
-                    port: f.remote_port,
+                    port: f.listener.port,
                 };
-                self.ctl_out.finish(&Message::Goodbye {
-                    reason: "UDP is not supported by this sidecar".into(),
-                });
-                let _ = self.stop_driver.send(());
-                let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
+                self.channel
+                    .close(&Message::Goodbye {
+                        reason: "UDP is not supported by this sidecar".into(),
+                    })
+                    .await;
                 return Err(unsupported);
             }
         }
         let listeners = self
+            .channel
+            .state
             .forwards
             .iter()
-            .map(|f| ListenerSpec {
-                id: f.id,
-                port: f.remote_port,
-                addrs: f.addrs.clone(),
-                max_connections: f.max_connections,
-                allow: f.allow.clone(),
-                protocol: f.protocol,
-                idle_timeout_ms: match f.protocol {
-                    Protocol::Tcp => 0,
-                    Protocol::Udp => f.idle_timeout.as_millis().try_into().unwrap_or(u64::MAX),
-                },
-            })
+            .map(|(f, _)| f.listener.clone())
             .collect();
         // Only a sidecar that can resume is asked for grace: with any other
         // there would be nothing to come back to.
@@ -350,11 +347,11 @@ impl Greeted {
         } else {
             Duration::ZERO
         };
-        self.ctl_out.send(&Message::Bind {
+        self.channel.ctl_out.send(&Message::Bind {
             listeners,
             grace_ms: grace.as_millis().try_into().unwrap_or(u64::MAX),
         })?;
-        match self.reply("the sidecar to bind").await? {
+        match self.channel.reply("the sidecar to bind").await? {
             Some(Message::Bound { listeners, session }) => Ok(self.established(listeners, session)),
             Some(Message::BindFailed {
                 id,
@@ -362,11 +359,11 @@ impl Greeted {
                 reason,
                 kind,
             }) => {
-                self.ctl_out.finish(&Message::Goodbye {
-                    reason: format!("cannot bind {addr}"),
-                });
-                let _ = self.stop_driver.send(());
-                let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
+                self.channel
+                    .close(&Message::Goodbye {
+                        reason: format!("cannot bind {addr}"),
+                    })
+                    .await;
                 Err(SessionError::BindFailed {
                     id,
                     addr,
@@ -382,10 +379,10 @@ impl Greeted {
     /// Asks the sidecar to re-attach the session `token` names; only for a
     /// sidecar whose hello offered it ([`SidecarInfo::resume`]).
     pub async fn resume(mut self, token: &str) -> Result<Resume, SessionError> {
-        self.ctl_out.send(&Message::Resume {
+        self.channel.ctl_out.send(&Message::Resume {
             token: token.to_string(),
         })?;
-        match self.reply("the sidecar to resume").await? {
+        match self.channel.reply("the sidecar to resume").await? {
             Some(Message::Resumed { listeners, session }) => {
                 let resumed = self.established(listeners, Some(session));
                 Ok(Resume::Resumed(resumed))
@@ -396,22 +393,8 @@ impl Greeted {
         }
     }
 
-    /// The next answer to a request, skipping events; errors end here.
-    async fn reply(&mut self, what: &'static str) -> Result<Option<Message>, SessionError> {
-        loop {
-            let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.ctl_in.next())
-                .await
-                .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT, what))??;
-            match msg {
-                Some(Message::Rejected { .. }) => continue,
-                Some(Message::Error { message }) => return Err(remote(message)),
-                other => return Ok(other),
-            }
-        }
-    }
-
     fn established(self, bound: Vec<BoundListener>, ticket: Option<SessionTicket>) -> Established {
-        self.metrics.sessions_total.inc();
+        self.channel.state.metrics.sessions_total.inc();
         Established {
             sidecar: self.sidecar,
             bound,
@@ -422,13 +405,7 @@ impl Greeted {
                     && (1..=MAX_TOKEN_LEN).contains(&t.token.len())
                     && t.token.bytes().all(|b| b.is_ascii_hexdigit())
             }),
-            ctl_in: self.ctl_in,
-            ctl_out: self.ctl_out,
-            driver: self.driver,
-            stop_driver: Some(self.stop_driver),
-            pings: self.pings,
-            state: self.state,
-            keepalive: self.keepalive,
+            channel: self.channel,
         }
     }
 }
@@ -458,40 +435,38 @@ impl Established {
     /// Carries connections until `shutdown` fires (`Ok`: goodbye said) or
     /// the session is lost (`Err`: the caller may reconnect).
     pub async fn serve(mut self, shutdown: CancellationToken) -> Result<(), SessionError> {
-        let _reset_connections = self.state.ended.clone().drop_guard();
-        let keepalive = self.keepalive.run(self.pings, Side::Sidecar);
+        let channel = &mut self.channel;
+        let _reset_connections = channel.state.ended.clone().drop_guard();
+        let pings = channel.pings.take().expect("a session serves once");
+        let keepalive = channel.keepalive.run(pings, Side::Sidecar);
         tokio::pin!(keepalive);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    self.ctl_out.finish(&Message::Goodbye { reason: "rpf attach is exiting".into() });
-                    if let Some(stop) = self.stop_driver.take() {
-                        let _ = stop.send(());
-                    }
-                    // Give the goodbye a moment to leave; never hang on exit.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.driver).await;
+                    channel.close(&Message::Goodbye { reason: "rpf attach is exiting".into() }).await;
                     return Ok(());
                 }
-                msg = self.ctl_in.next() => match msg? {
+                msg = channel.ctl_in.next() => match msg? {
                     Some(Message::Rejected { id, peer, reason }) => {
-                        let forward = self.state.forwards.get(&id).map(|(f, _)| f);
-                        let port = forward.map(|f| f.remote_port).unwrap_or(0);
-                        self.state.metrics.rejected(reason).inc();
-                        let protocol = forward.map(|f| f.protocol).unwrap_or_default();
+                        let state = &channel.state;
+                        let forward = state.forward(id).map(|(f, _)| f);
+                        let port = forward.map(|f| f.listener.port).unwrap_or(0);
+                        state.metrics.rejected(reason).inc();
+                        let protocol = forward.map(|f| f.listener.protocol).unwrap_or_default();
                         let udp = protocol == Protocol::Udp;
                         let event = ConnectionEvent::Refused { port, peer, protocol, reason };
                         static REFUSALS: Throttle = Throttle::new();
-                        self.state.output.report_limited(&REFUSALS, &event, || match reason {
+                        state.output.report_limited(&REFUSALS, &event, || match reason {
                             RejectReason::Limit if udp => crate::warn_limited!(
                                 "dropped datagrams from {peer} to UDP port {port} in the pod: limit of {} concurrent flows reached (raise it with --max-connections)",
-                                forward.map(|f| f.max_connections).unwrap_or(0)
+                                forward.map(|f| f.listener.max_connections).unwrap_or(0)
                             ),
                             RejectReason::NotAllowed if udp => crate::warn_limited!(
                                 "dropped datagrams from {peer} to UDP port {port} in the pod: peer not in --allow"
                             ),
                             RejectReason::Limit => crate::warn_limited!(
                                 "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
-                                self.state.forwards.get(&id).map(|(f, _)| f.max_connections).unwrap_or(0)
+                                forward.map(|f| f.listener.max_connections).unwrap_or(0)
                             ),
                             RejectReason::NotAllowed => crate::warn_limited!(
                                 "refused connection from {peer} to port {port} in the pod: peer not in --allow"
@@ -505,13 +480,7 @@ impl Established {
                     Some(other) => return Err(unexpected("a rejected, goodbye or error message", &other)),
                     None => return Err(closed_session()),
                 },
-                ended = &mut self.driver => {
-                    return Err(match ended {
-                        Ok(Ok(())) => SessionError::Closed { peer: Side::Sidecar, what: Closed::Channel },
-                        Ok(Err(e)) => http2::channel_failed(e),
-                        Err(e) => SessionError::lost(e),
-                    });
-                }
+                ended = &mut channel.driver => return Err(http2::driver_ended(ended, Side::Sidecar)),
                 end = &mut keepalive => return Err(end),
             }
         }
@@ -568,9 +537,9 @@ async fn handle_connection(
     let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
     let id = header(wire::LISTENER_HEADER).and_then(|v| v.parse::<u32>().ok());
     let peer = header(wire::PEER_HEADER).and_then(|v| v.parse::<SocketAddr>().ok());
-    let found = id.and_then(|id| state.forwards.get(&id));
+    let found = id.and_then(|id| state.forward(id));
     // The path must match what the CLI's own spec says the listener is.
-    let path_fits = |(f, _): &&(Forward, Semaphore)| match f.protocol {
+    let path_fits = |(f, _): &&(Forward, Semaphore)| match f.listener.protocol {
         Protocol::Tcp => request.uri().path() == wire::CONNECT_PATH,
         Protocol::Udp => request.uri().path() == wire::UDP_PATH,
     };
@@ -587,16 +556,16 @@ async fn handle_connection(
             "malformed connection stream",
         );
     };
-    let port = forward.remote_port;
+    let port = forward.listener.port;
     let refused = |reason| ConnectionEvent::Refused {
         port,
         peer,
-        protocol: forward.protocol,
+        protocol: forward.listener.protocol,
         reason,
     };
     // `rpf-peer` is the sidecar's word: this only catches a buggy sidecar;
     // the allow list is enforced where the true peer is seen, in the pod.
-    if !allowed(&forward.allow, peer.ip()) {
+    if !allowed(&forward.listener.allow, peer.ip()) {
         m.rejected(RejectReason::NotAllowed).inc();
         state.output.report(&refused(RejectReason::NotAllowed), || {
             crate::warn_limited!(
@@ -610,7 +579,7 @@ async fn handle_connection(
         state.output.report(&refused(RejectReason::Limit), || {
             crate::warn_limited!(
                 "refused connection from {peer} to port {port} in the pod: limit of {} concurrent connections reached (raise it with --max-connections)",
-                forward.max_connections
+                forward.listener.max_connections
             )
         });
         return refuse(
@@ -622,7 +591,7 @@ async fn handle_connection(
     let tracked = Tracked {
         port,
         peer,
-        protocol: forward.protocol,
+        protocol: forward.listener.protocol,
         started: Instant::now(),
         output: state.output,
     };
@@ -630,10 +599,10 @@ async fn handle_connection(
     let opened = ConnectionEvent::ConnectionOpened {
         port,
         peer,
-        protocol: forward.protocol,
+        protocol: forward.listener.protocol,
         target: &target,
     };
-    if forward.protocol == Protocol::Udp {
+    if forward.listener.protocol == Protocol::Udp {
         state.output.report(&opened, || {
             info!("Handling UDP flow for {port} from {peer}")
         });
@@ -780,7 +749,7 @@ async fn carry_udp_flow(
         outbox,
         sink: datagram::Sink::Target(&socket),
         source: datagram::read_target(&socket, queue, &m.udp.local_to_pod),
-        idle: forward.idle_timeout,
+        idle: forward.listener.udp_idle_timeout(),
         out_meters: &m.udp.local_to_pod,
         in_meters: &m.udp.pod_to_local,
         cancel: &state.ended,

@@ -5,9 +5,24 @@
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
-use crate::error::{SessionError, Violation};
-use rpf_proto::message::{Decoder, Message};
-use rpf_proto::Side;
+use crate::error::{Closed, SessionError, Violation};
+use rpf_proto::message::{Decoder, Message, PodRef};
+use rpf_proto::{Side, PROTOCOL_VERSION};
+
+/// What a peer's hello said, once its protocol version is known to match.
+#[derive(Debug)]
+pub struct PeerHello {
+    /// Its rpf release.
+    pub software: String,
+    /// Sidecar only: its pod.
+    pub pod: Option<PodRef>,
+    /// Sidecar only: its host name.
+    pub hostname: Option<String>,
+    /// Sidecar only: it can keep a session through a lost channel.
+    pub resume: bool,
+    /// Sidecar only: optional abilities ([`rpf_proto::features`]).
+    pub features: Vec<String>,
+}
 
 /// Reads control messages from the peer.
 #[derive(Debug)]
@@ -42,10 +57,52 @@ impl ControlReader {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     self.decoder.extend(&data);
                 }
-                Some(Err(e)) => return Err(crate::http2::channel_failed(e)),
+                Some(Err(e)) => return Err(crate::http2::channel_failed(e, self.peer)),
                 None if self.decoder.pending() == 0 => return Ok(None),
                 None => return Err(self.broken(Violation::Truncated)),
             }
+        }
+    }
+
+    /// Reads the peer's first message, which must be a hello in our
+    /// protocol version. Another version is [`SessionError::VersionMismatch`],
+    /// worded for both ends: send it to the peer as an `error` before
+    /// closing, so both say the same thing.
+    pub async fn hello(&mut self, we_are: Side) -> Result<PeerHello, SessionError> {
+        match self.next().await? {
+            Some(Message::Hello {
+                protocol,
+                software,
+                pod,
+                hostname,
+                resume,
+                features,
+            }) => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(SessionError::VersionMismatch {
+                        ours: PROTOCOL_VERSION,
+                        theirs: protocol,
+                        their_software: software,
+                        we_are,
+                    });
+                }
+                Ok(PeerHello {
+                    software,
+                    pod,
+                    hostname,
+                    resume,
+                    features,
+                })
+            }
+            Some(Message::Error { message }) => Err(SessionError::Remote {
+                peer: self.peer,
+                message,
+            }),
+            Some(other) => Err(SessionError::unexpected(self.peer, "a hello", &other)),
+            None => Err(SessionError::Closed {
+                peer: self.peer,
+                what: Closed::SessionBeforeHello,
+            }),
         }
     }
 

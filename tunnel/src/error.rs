@@ -87,13 +87,17 @@ pub enum SessionError {
         #[source]
         source: ChannelError,
     },
-    /// The sidecar tripped one of the CLI's abuse limits (a real sidecar
-    /// never does), so the CLI closed the channel.
+    /// The peer tripped one of our abuse limits (a real peer never does),
+    /// so we closed the channel.
     #[error(
-        "the sidecar misbehaved (it reset or broke streams far faster than any tunnel does: \
-         a modified or broken sidecar?); the channel was closed"
+        "{peer} misbehaved (it reset or broke streams far faster than any tunnel does: \
+         a modified or broken {}?); the channel was closed",
+        match peer { Side::Sidecar => "sidecar", Side::Cli => "client" }
     )]
-    Misbehaved,
+    Misbehaved {
+        /// The end that misbehaved.
+        peer: Side,
+    },
     /// The peer did not answer a keepalive PING in time.
     #[error("{} did not answer a keepalive PING within {timeout:?}", peer.name())]
     Keepalive {
@@ -217,7 +221,7 @@ impl SessionError {
             SessionError::Closed { .. }
                 | SessionError::Ended { .. }
                 | SessionError::Lost { .. }
-                | SessionError::Misbehaved
+                | SessionError::Misbehaved { .. }
                 | SessionError::Keepalive { .. }
                 | SessionError::Timeout(..)
         )

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use rpf_proto::{tuning, Side};
 
-use crate::error::SessionError;
+use crate::error::{Closed, SessionError};
 
 /// How long the HTTP/2 handshake may take before the channel is given up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,13 +98,30 @@ where
         .await
 }
 
-/// The session error for a failed channel. A peer that tripped one of the
-/// limits above is named as misbehaving: a real sidecar never does.
-pub fn channel_failed(e: h2::Error) -> SessionError {
+/// The session error for a channel that failed under `peer`. A peer that
+/// tripped one of the limits above is named as misbehaving: a real one
+/// never does.
+pub fn channel_failed(e: h2::Error, peer: Side) -> SessionError {
     if e.is_go_away() && !e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
-        SessionError::Misbehaved
+        SessionError::Misbehaved { peer }
     } else {
         SessionError::lost(e)
+    }
+}
+
+/// Why a session ended when the task driving its connection did: the
+/// same words on both ends.
+pub fn driver_ended(
+    ended: Result<Result<(), h2::Error>, tokio::task::JoinError>,
+    peer: Side,
+) -> SessionError {
+    match ended {
+        Ok(Ok(())) => SessionError::Closed {
+            peer,
+            what: Closed::Channel,
+        },
+        Ok(Err(e)) => channel_failed(e, peer),
+        Err(e) => SessionError::lost(e),
     }
 }
 
@@ -136,7 +153,7 @@ impl Keepalive {
             tokio::time::sleep(self.interval).await;
             match tokio::time::timeout(self.timeout, pings.ping(Ping::opaque())).await {
                 Ok(Ok(_pong)) => {}
-                Ok(Err(e)) => return channel_failed(e),
+                Ok(Err(e)) => return channel_failed(e, peer),
                 Err(_) => {
                     return SessionError::Keepalive {
                         peer,

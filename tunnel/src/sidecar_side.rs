@@ -42,10 +42,7 @@ use rpf_proto::message::{
     SessionTicket,
 };
 use rpf_proto::Side;
-use rpf_proto::{
-    features, wire, DEFAULT_UDP_IDLE_TIMEOUT, MAX_DATAGRAM, MAX_GRACE, MAX_UDP_IDLE_TIMEOUT,
-    PROTOCOL_VERSION,
-};
+use rpf_proto::{features, wire, MAX_DATAGRAM, MAX_GRACE};
 
 /// What the sidecar knows about itself, told to the CLI in its hello.
 #[derive(Debug, Clone, Default)]
@@ -311,17 +308,9 @@ where
         });
     }
     let mut ctl_in = ControlReader::new(response.into_body(), Side::Cli);
-    match ctl_in.next().await? {
-        Some(Message::Hello { protocol, .. }) if protocol == PROTOCOL_VERSION => {}
-        Some(Message::Hello {
-            protocol, software, ..
-        }) => {
-            let mismatch = SessionError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: protocol,
-                their_software: software,
-                we_are: Side::Sidecar,
-            };
+    match ctl_in.hello(Side::Sidecar).await {
+        Ok(_) => {}
+        Err(mismatch @ SessionError::VersionMismatch { .. }) => {
             ctl_out.finish(&Message::Error {
                 message: mismatch.to_string(),
             });
@@ -329,20 +318,7 @@ where
             let _ = tokio::time::timeout(Duration::from_millis(500), &mut driver).await;
             return Err(mismatch);
         }
-        Some(Message::Error { message }) => return Err(remote(message)),
-        Some(other) => {
-            return Err(SessionError::unexpected(
-                Side::Cli,
-                "the CLI's hello",
-                &other,
-            ))
-        }
-        None => {
-            return Err(SessionError::Closed {
-                peer: Side::Cli,
-                what: Closed::SessionBeforeHello,
-            })
-        }
+        Err(e) => return Err(e),
     }
 
     let keepalive = config.keepalive.run(pings, Side::Cli);
@@ -428,28 +404,14 @@ where
                     ctl_out.send(&reply)?;
                 }
                 Some(Message::Goodbye { reason }) => return Ok(SessionEnd::Goodbye(reason)),
-                Some(Message::Error { message }) => return Err(remote(message)),
+                Some(Message::Error { message }) => return Err(SessionError::Remote { peer: Side::Cli, message }),
                 Some(other) => return Err(SessionError::unexpected(Side::Cli, "a bind, resume, goodbye or error message", &other)),
                 None => return Err(SessionError::Closed { peer: Side::Cli, what: Closed::Session }),
             },
             Some(event) = events_rx.recv() => ctl_out.send(&event)?,
-            ended = &mut driver => {
-                return Err(match ended {
-                    Ok(Ok(())) => SessionError::Closed { peer: Side::Cli, what: Closed::Channel },
-                    Ok(Err(e)) => SessionError::lost(e),
-                    Err(e) => SessionError::lost(e),
-                });
-            }
+            ended = &mut driver => return Err(http2::driver_ended(ended, Side::Cli)),
             end = &mut keepalive => return Err(end),
         }
-    }
-}
-
-/// The CLI reported a fatal error.
-fn remote(message: String) -> SessionError {
-    SessionError::Remote {
-        peer: Side::Cli,
-        message,
     }
 }
 
@@ -855,10 +817,7 @@ async fn udp_loop(socket: UdpSocket, spec: ListenerSpec, limit: Arc<Semaphore>, 
     let m = &ctx.metrics;
     m.listeners_active.inc();
     let _gauge = GaugeGuard(m.listeners_active.clone());
-    let idle = match Duration::from_millis(spec.idle_timeout_ms) {
-        Duration::ZERO => DEFAULT_UDP_IDLE_TIMEOUT,
-        asked => asked.min(MAX_UDP_IDLE_TIMEOUT),
-    };
+    let idle = spec.udp_idle_timeout();
     let max_flows = spec.max_connections as usize;
     let mut flows: std::collections::HashMap<SocketAddr, QueueTx> = Default::default();
     let mut events = EventBudget::default();

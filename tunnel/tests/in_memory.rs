@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rpf_proto::message::{BindAddr, Protocol};
+use rpf_proto::message::{BindAddr, ListenerSpec, Protocol};
 use rpf_proto::Side;
 use rpf_tunnel::cli_side::{handshake, CliConfig, Forward, Resume};
 use rpf_tunnel::error::SessionError;
@@ -40,18 +40,20 @@ async fn echo_server() -> u16 {
 /// the port it got).
 fn forward(local_port: u16) -> Forward {
     Forward {
-        id: 1,
-        remote_port: 0,
-        addrs: vec![BindAddr {
-            ip: "127.0.0.1".parse().unwrap(),
-            required: true,
-        }],
-        max_connections: 10,
-        allow: vec![],
+        listener: ListenerSpec {
+            id: 1,
+            port: 0,
+            addrs: vec![BindAddr {
+                ip: "127.0.0.1".parse().unwrap(),
+                required: true,
+            }],
+            max_connections: 10,
+            allow: vec![],
+            protocol: Protocol::Tcp,
+            idle_timeout_ms: 0,
+        },
         local_host: "127.0.0.1".into(),
         local_port,
-        protocol: Protocol::Tcp,
-        idle_timeout: Duration::from_secs(60),
     }
 }
 
@@ -77,10 +79,8 @@ async fn udp_datagrams_cross_whole_and_a_second_peer_is_a_second_flow() {
         let (stop, m) = (stop.clone(), sidecar_metrics.clone());
         async move { run_session(sidecar_io, &SidecarConfig::default(), &m, stop).await }
     });
-    let forward = Forward {
-        protocol: Protocol::Udp,
-        ..forward(local)
-    };
+    let mut forward = forward(local);
+    forward.listener.protocol = Protocol::Udp;
     let metrics = Metrics::new(Side::Cli);
     let greeted = handshake(cli_io, &CliConfig::new(vec![forward]), &metrics)
         .await

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use rpf_proto::message::{BindAddr, Protocol};
-use rpf_proto::{Side, DEFAULT_UDP_IDLE_TIMEOUT};
+use rpf_proto::message::{BindAddr, ListenerSpec, Protocol};
+use rpf_proto::Side;
 use rpf_tunnel::cli_side::{handshake, CliConfig, Forward};
 use rpf_tunnel::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -102,18 +102,20 @@ async fn run(
     let echo_port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let _echo = AbortOnDrop(tokio::spawn(echo(listener)));
     let forward = Forward {
-        id: 1,
-        remote_port: 0,
-        addrs: vec![BindAddr {
-            ip: Ipv4Addr::LOCALHOST.into(),
-            required: true,
-        }],
-        max_connections: 1,
-        allow: Vec::new(),
+        listener: ListenerSpec {
+            id: 1,
+            port: 0,
+            addrs: vec![BindAddr {
+                ip: Ipv4Addr::LOCALHOST.into(),
+                required: true,
+            }],
+            max_connections: 1,
+            allow: Vec::new(),
+            protocol: Protocol::Tcp,
+            idle_timeout_ms: 0,
+        },
         local_host: Ipv4Addr::LOCALHOST.to_string(),
         local_port: echo_port,
-        protocol: Protocol::Tcp,
-        idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
     };
     // No grace: the listener goes with the session, even if we vanish.
     let config = CliConfig::new(vec![forward]);

@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 use anyhow::Context;
 use rpf_inject::InjectConfig;
 use rpf_proto::expose::MAX_PORTS;
-use rpf_proto::message::BindAddr;
+use rpf_proto::message::{BindAddr, ListenerSpec};
 use rpf_tunnel::cli_side::{CliConfig, Forward};
 use rpf_tunnel::events::Output;
 use tokio_util::sync::CancellationToken;
@@ -279,18 +279,21 @@ fn cli_config(expose: &Expose, specs: &[PortSpec], args: &ExposeArgs) -> CliConf
         .zip(specs)
         .zip(1..)
         .map(|((port, spec), id)| Forward {
-            id,
-            remote_port: port.relay_port,
-            addrs: vec![BindAddr {
-                ip: Ipv4Addr::UNSPECIFIED.into(),
-                required: true,
-            }],
-            max_connections: args.max_connections,
-            allow: args.allow.clone(),
+            listener: ListenerSpec {
+                id,
+                port: port.relay_port,
+                addrs: vec![BindAddr {
+                    ip: Ipv4Addr::UNSPECIFIED.into(),
+                    required: true,
+                }],
+                max_connections: args.max_connections,
+                allow: args.allow.clone(),
+                protocol: spec.protocol,
+                // Absent: the default idle timeout.
+                idle_timeout_ms: 0,
+            },
             local_host: spec.local_host.clone(),
             local_port: spec.local_port,
-            protocol: spec.protocol,
-            idle_timeout: rpf_proto::DEFAULT_UDP_IDLE_TIMEOUT,
         })
         .collect();
     let mut config = CliConfig::new(forwards);
