@@ -648,11 +648,9 @@ async fn handle_connection(
     )
     .await;
     m.active_connections.dec();
-    m.connection_duration
-        .observe(tracked.started.elapsed().as_secs_f64());
+    m.connection_finished(&result, tracked.started.elapsed());
     match result {
         Ok(t) => {
-            m.connections_ok.inc();
             tracked.closed(Outcome::Closed, Some(t), None, || {
                 debug!(
                     "connection from {peer} on port {port} closed: {} bytes to the pod, {} from it",
@@ -661,14 +659,11 @@ async fn handle_connection(
             });
         }
         Err(PumpError::Cancelled) => {
-            m.connections_failed.inc();
             tracked.closed(Outcome::SessionEnded, None, None, || {
                 debug!("connection from {peer} on port {port} reset: the session ended")
             });
         }
         Err(e) => {
-            m.connections_failed.inc();
-            m.error(ErrorType::Stream).inc();
             let why = e.to_string();
             tracked.closed(Outcome::Aborted, None, Some(why.clone()), || {
                 debug!("connection from {peer} on port {port} aborted: {why}")

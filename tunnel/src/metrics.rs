@@ -320,6 +320,31 @@ impl Metrics {
         &self.errors[i]
     }
 
+    /// Counts a finished TCP connection the same way on both ends: ok, or
+    /// failed and why (a refused dial, a broken stream or socket; a session
+    /// that ended under it is neither), and how long it lived.
+    pub fn connection_finished(
+        &self,
+        result: &Result<crate::pump::Transferred, crate::pump::PumpError>,
+        lived: std::time::Duration,
+    ) {
+        use crate::pump::PumpError;
+        if let Err(e) = result {
+            self.connections_failed.inc();
+            let kind = match e {
+                PumpError::Refused(_) => Some(ErrorType::Dial),
+                PumpError::Socket(_) | PumpError::Stream(_) => Some(ErrorType::Stream),
+                PumpError::Cancelled => None,
+            };
+            if let Some(kind) = kind {
+                self.error(kind).inc();
+            }
+        } else {
+            self.connections_ok.inc();
+        }
+        self.connection_duration.observe(lived.as_secs_f64());
+    }
+
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -351,6 +376,32 @@ mod tests {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
         assert!(!text.contains("rpf_sidecar"));
+    }
+
+    #[test]
+    fn finished_connections_are_counted_by_outcome() {
+        use crate::pump::{PumpError, Transferred};
+        let m = Metrics::new(Side::Sidecar);
+        let lived = std::time::Duration::from_millis(5);
+        let ok = Transferred {
+            sent: 1,
+            received: 2,
+        };
+        m.connection_finished(&Ok(ok), lived);
+        m.connection_finished(&Err(PumpError::Refused("no".into())), lived);
+        m.connection_finished(&Err(PumpError::Cancelled), lived);
+        let broken = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        m.connection_finished(&Err(PumpError::Socket(broken)), lived);
+        let text = m.render();
+        for want in [
+            "rpf_sidecar_reverse_connections_total{status=\"success\"} 1",
+            "rpf_sidecar_reverse_connections_total{status=\"error\"} 3",
+            "rpf_sidecar_reverse_errors_total{error_type=\"dial\"} 1",
+            "rpf_sidecar_reverse_errors_total{error_type=\"stream\"} 1",
+            "rpf_sidecar_reverse_connection_duration_seconds_count 4",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
     }
 
     #[test]

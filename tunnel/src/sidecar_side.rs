@@ -774,27 +774,16 @@ async fn carry(tcp: TcpStream, peer: SocketAddr, id: u32, ctx: &Core) {
         socket_to_stream: &m.bytes_pod_to_local,
         stream_to_socket: &m.bytes_local_to_pod,
     };
-    match splice(tcp, send, answer, meters, &link.channel).await {
-        Ok(t) => {
-            m.connections_ok.inc();
-            debug!(
-                "connection from {peer} closed: {} bytes out, {} bytes in",
-                t.sent, t.received
-            );
-        }
-        Err(PumpError::Refused(why)) => {
-            m.connections_failed.inc();
-            m.error(ErrorType::Dial).inc();
-            debug!("connection from {peer} refused: {why}");
-        }
-        Err(e) => {
-            m.connections_failed.inc();
-            m.error(ErrorType::Stream).inc();
-            debug!("connection from {peer} aborted: {e}");
-        }
+    let result = splice(tcp, send, answer, meters, &link.channel).await;
+    m.connection_finished(&result, started.elapsed());
+    match result {
+        Ok(t) => debug!(
+            "connection from {peer} closed: {} bytes out, {} bytes in",
+            t.sent, t.received
+        ),
+        Err(PumpError::Refused(why)) => debug!("connection from {peer} refused: {why}"),
+        Err(e) => debug!("connection from {peer} aborted: {e}"),
     }
-    m.connection_duration
-        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Peer events (`rejected`) one UDP listener socket sends to the CLI per
