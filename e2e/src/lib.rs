@@ -3,6 +3,7 @@
 //! configured.
 //!
 //! # Layout
+//! - [`bench`]: what the benchmarks share (servers, a `--via` tunnel, traffic shapes).
 //! - [`netns`]: a network namespace as a pod.
 //! - [`process`]: the binaries under test and handles on running ones.
 //! - [`fixtures`]: a pod with a sidecar, an HTTP server, the test peer.
@@ -11,6 +12,7 @@
 //! - [`fake_sidecar`]: a scripted, possibly hostile sidecar; memory and CPU of a process.
 //! - [`cluster`]: helpers for tests against a real Kubernetes cluster.
 
+pub mod bench;
 pub mod cluster;
 pub mod fake_sidecar;
 pub mod fixtures;

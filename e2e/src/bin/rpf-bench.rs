@@ -7,15 +7,17 @@
 //! `cargo build --release --workspace --bins && target/release/rpf-bench`
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use rpf_e2e::peer::{echo_server, listen, many};
+use rpf_e2e::bench::{
+    conn_rate, download, median, parallel_download, ping_pong, rss_kib, upload, wait_listening,
+    Killed, Servers, Tunnel,
+};
+use rpf_e2e::peer::many;
 use rpf_e2e::process::{bin, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -36,8 +38,6 @@ struct Args {
     #[arg(long)]
     sidecar: Option<std::path::PathBuf>,
 }
-
-const BLOCK: usize = 256 << 10;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -168,62 +168,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The three servers the benchmark talks to, on the host's loopback.
-struct Servers {
-    echo: SocketAddr,
-    sink: SocketAddr,
-    source: SocketAddr,
-}
-
-impl Servers {
-    async fn start() -> anyhow::Result<Self> {
-        let echo = listen(([127, 0, 0, 1], 0).into())?;
-        let sink = listen(([127, 0, 0, 1], 0).into())?;
-        let source = listen(([127, 0, 0, 1], 0).into())?;
-        let s = Servers {
-            echo: echo.local_addr()?,
-            sink: sink.local_addr()?,
-            source: source.local_addr()?,
-        };
-        tokio::spawn(echo_server(echo));
-        // Sink: read to EOF, then close (the client times until it sees EOF).
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut tcp, _)) = sink.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; BLOCK];
-                    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
-                    let _ = tcp.shutdown().await;
-                });
-            }
-        });
-        // Source: the client names the byte count in 8 bytes, then reads.
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut tcp, _)) = source.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let Ok(n) = tcp.read_u64().await else { return };
-                    let buf = vec![0x5au8; BLOCK];
-                    let mut left = n;
-                    while left > 0 {
-                        let k = left.min(BLOCK as u64) as usize;
-                        if tcp.write_all(&buf[..k]).await.is_err() {
-                            return;
-                        }
-                        left -= k as u64;
-                    }
-                    let _ = tcp.shutdown().await;
-                });
-            }
-        });
-        Ok(s)
-    }
-}
-
 #[derive(Clone, Copy)]
 struct Targets {
     echo: SocketAddr,
@@ -232,187 +176,6 @@ struct Targets {
 }
 
 /// `rpf attach --via 'rpf-sidecar stdio'` with one forward per server.
-struct Tunnel {
-    _attach: Killed,
-    sidecar_pid: u32,
-    echo: u16,
-    sink: u16,
-    source: u16,
-}
-
-impl Tunnel {
-    async fn start(s: &Servers, sidecar: &std::path::Path) -> anyhow::Result<Self> {
-        let (echo, sink, source) = (free_port(), free_port(), free_port());
-        let pid_file = std::env::temp_dir().join(format!("rpf-bench-{}.pid", std::process::id()));
-        let via = format!(
-            "echo $$ > {}; exec {} -q stdio",
-            pid_file.display(),
-            sidecar.display()
-        );
-        let mut child = Command::new(bin("rpf"))
-            .args(["attach", "-q", "--via", &via, "--max-connections", "2000"])
-            .arg(format!("{echo}:{}", s.echo.port()))
-            .arg(format!("{sink}:{}", s.sink.port()))
-            .arg(format!("{source}:{}", s.source.port()))
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let lines = tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            std::io::BufReader::new(stdout)
-                .lines()
-                .take(6)
-                .map_while(Result::ok)
-                .collect::<Vec<_>>()
-        });
-        let lines = tokio::time::timeout(Duration::from_secs(30), lines).await??;
-        if lines.len() < 3 {
-            bail!("rpf attach did not start: {lines:?}");
-        }
-        let sidecar_pid = std::fs::read_to_string(&pid_file)?.trim().parse()?;
-        let _ = std::fs::remove_file(&pid_file);
-        Ok(Tunnel {
-            _attach: Killed(child),
-            sidecar_pid,
-            echo,
-            sink,
-            source,
-        })
-    }
-
-    fn addr(&self, port: u16) -> SocketAddr {
-        ([127, 0, 0, 1], port).into()
-    }
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn upload(addr: SocketAddr, n: u64) -> anyhow::Result<Duration> {
-    let mut tcp = TcpStream::connect(addr).await?;
-    let buf = vec![0xa5u8; BLOCK];
-    let start = Instant::now();
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(BLOCK as u64) as usize;
-        tcp.write_all(&buf[..k]).await?;
-        left -= k as u64;
-    }
-    tcp.shutdown().await?;
-    let mut rest = Vec::new();
-    tcp.read_to_end(&mut rest).await?;
-    Ok(start.elapsed())
-}
-
-async fn download(addr: SocketAddr, n: u64) -> anyhow::Result<Duration> {
-    let mut tcp = TcpStream::connect(addr).await?;
-    let start = Instant::now();
-    tcp.write_u64(n).await?;
-    let mut buf = vec![0u8; BLOCK];
-    let mut got = 0u64;
-    loop {
-        let k = tcp.read(&mut buf).await?;
-        if k == 0 {
-            break;
-        }
-        got += k as u64;
-    }
-    if got != n {
-        bail!("download from {addr}: {got} of {n} bytes");
-    }
-    Ok(start.elapsed())
-}
-
-async fn parallel_download(addr: SocketAddr, conns: usize, each: u64) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(download(addr, each)))
-        .collect();
-    for t in tasks {
-        t.await??;
-    }
-    Ok(start.elapsed())
-}
-
-/// p50 and p99 of 1-byte round trips, in microseconds.
-async fn ping_pong(addr: SocketAddr, n: usize) -> anyhow::Result<(f64, f64)> {
-    let mut tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let mut b = [0u8; 1];
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + 1000 {
-        let start = Instant::now();
-        tcp.write_all(b"x").await?;
-        tcp.read_exact(&mut b).await?;
-        if i >= 1000 {
-            samples.push(start.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok((samples[n / 2], samples[n * 99 / 100]))
-}
-
-/// Connections per second with 4 clients: connect, 1-byte echo, close.
-async fn conn_rate(addr: SocketAddr, n: usize) -> anyhow::Result<f64> {
-    const WORKERS: usize = 4;
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            tokio::spawn(async move {
-                for _ in 0..n / WORKERS {
-                    let mut tcp = TcpStream::connect(addr).await?;
-                    tcp.set_nodelay(true)?;
-                    tcp.write_all(b"x").await?;
-                    let mut b = [0u8; 1];
-                    tcp.read_exact(&mut b).await?;
-                }
-                Ok::<_, std::io::Error>(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await??;
-    }
-    Ok((n / WORKERS * WORKERS) as f64 / start.elapsed().as_secs_f64())
-}
-
-async fn median<F, Fut>(runs: usize, mut f: F) -> anyhow::Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Duration>>,
-{
-    let mut times = Vec::new();
-    for _ in 0..runs.max(1) {
-        times.push(f().await?);
-    }
-    times.sort();
-    Ok(times[times.len() / 2])
-}
-
-async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
-    for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("nothing listens on {addr}")
-}
-
-fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .with_context(|| format!("no {field} for pid {pid}"))
-}
-
 struct Row {
     name: String,
     direct: String,
