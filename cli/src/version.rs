@@ -12,8 +12,9 @@ use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::{Api, Client};
-use rpf_proto::{PROTOCOL_VERSION, SIDECAR_CONTAINER, SOFTWARE_VERSION};
+use rpf_proto::{PROTOCOL_VERSION, SOFTWARE_VERSION};
 
+use crate::cluster::preflight::sidecar_image;
 use crate::cluster::{resolve, ClusterError, Target};
 
 /// The name of the webhook configuration and Deployment the manifests install.
@@ -261,20 +262,6 @@ async fn sidecar(
         .warnings
         .extend(skew("the pod's sidecar image", &image));
     Ok(())
-}
-
-/// The image of the pod's `rpf-sidecar` container (empty when it has none).
-pub fn sidecar_image(pod: &Pod) -> String {
-    pod.spec
-        .iter()
-        .flat_map(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-        })
-        .find(|c| c.name == SIDECAR_CONTAINER)
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
 }
 
 /// A warning when `image`'s tag names another release than this CLI.

@@ -40,6 +40,45 @@ fn sidecar_status(pod: &Pod) -> Option<&ContainerStatus> {
         .find(|c| c.name == SIDECAR_CONTAINER)
 }
 
+/// The image of the pod's `rpf-sidecar` container (empty when it has none).
+pub fn sidecar_image(pod: &Pod) -> String {
+    pod.spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .find(|c| c.name == SIDECAR_CONTAINER)
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// Reasons a container waits that waiting will not fix: the kubelet has
+/// failed to pull at least once and backs off, or cannot pull at all.
+const PULL_FAILURES: [&str; 3] = ["ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"];
+
+/// When the sidecar cannot get its image: the image and the kubelet's
+/// reason and message, e.g. `lab.local/nope:1 (ImagePullBackOff: Back-off
+/// pulling image ...)`, so a caller can give up at once instead of waiting
+/// out its timeout.
+pub fn image_pull_failure(pod: &Pod) -> Option<String> {
+    let status = sidecar_status(pod)?;
+    let waiting = status.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref()?;
+    if !PULL_FAILURES.contains(&reason) {
+        return None;
+    }
+    let image = match sidecar_image(pod) {
+        spec if spec.is_empty() => status.image.clone(),
+        spec => spec,
+    };
+    Some(match waiting.message.as_deref() {
+        Some(m) if !m.is_empty() => format!("{image} ({reason}: {m})"),
+        _ => format!("{image} ({reason})"),
+    })
+}
+
 /// The state of a container in the words `kubectl get pod` would use.
 fn describe_state(status: Option<&ContainerStatus>) -> String {
     let Some(status) = status else {
@@ -218,6 +257,26 @@ mod tests {
         p.spec.as_mut().unwrap().init_containers = Some(vec![sidecar]);
         assert!(has_sidecar(&p));
         assert!(!has_sidecar(&Pod::default()));
+    }
+
+    #[test]
+    fn a_pull_failure_names_the_image_and_the_reason() {
+        let mut p = pod("Pending", false, Some("ImagePullBackOff"));
+        p.spec.as_mut().unwrap().containers[1].image = Some("lab.local/nope:1".into());
+        assert_eq!(
+            image_pull_failure(&p).as_deref(),
+            Some("lab.local/nope:1 (ImagePullBackOff)")
+        );
+        // The first failed pull is retried by the kubelet: not yet final.
+        assert_eq!(
+            image_pull_failure(&pod("Pending", false, Some("ErrImagePull"))),
+            None
+        );
+        assert_eq!(
+            image_pull_failure(&pod("Pending", false, Some("ContainerCreating"))),
+            None
+        );
+        assert_eq!(image_pull_failure(&pod("Running", true, None)), None);
     }
 
     #[test]

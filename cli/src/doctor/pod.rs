@@ -11,9 +11,10 @@ use super::webhook::Facts;
 use super::{bounded, Cluster};
 use crate::cluster::error::ClusterError;
 use crate::cluster::preflight;
+use crate::cluster::preflight::sidecar_image;
 use crate::cluster::resolve::{self, TargetPods};
 use crate::cluster::target::{Kind, Target};
-use crate::version::{sidecar_image, skew};
+use crate::version::skew;
 
 /// The pods TARGET names, looked up once.
 pub async fn find(cluster: &Cluster, target: &Target) -> Result<TargetPods, ClusterError> {

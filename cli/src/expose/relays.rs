@@ -77,6 +77,7 @@ pub async fn run(
                     .filter(|p| p.metadata.deletion_timestamp.is_some())
                     .map(|p| p.name_any())
                     .collect();
+                let mut pull_failures = Vec::new();
                 for pod in &found {
                     let name = pod.name_any();
                     if relays.contains_key(&name)
@@ -98,8 +99,26 @@ pub async fn run(
                             );
                             relays.insert(name, relay);
                         }
-                        Err(e) => last_state = e.to_string(),
+                        Err(e) => {
+                            last_state = e.to_string();
+                            if let Some(why) = preflight::image_pull_failure(pod) {
+                                pull_failures.push(format!("pod {name}: {why}"));
+                            }
+                        }
                     }
+                }
+                // A relay that cannot get its image will not run however
+                // long we wait: say so now, not at the timeout.
+                let live = found
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .count();
+                if !announced && relays.is_empty() && live > 0 && pull_failures.len() == live {
+                    anyhow::bail!(
+                        "the relay pods of service/{} cannot get their image: {}; load the image into the nodes, or give one they can pull with --image",
+                        expose.name,
+                        rpf_proto::untrusted::escape_cut(&pull_failures.join("; "), 1024)
+                    );
                 }
                 if found.is_empty() {
                     last_state = format!(
