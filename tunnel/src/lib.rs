@@ -17,6 +17,21 @@
 //! - [`error`]: session errors.
 //! - [`events`]: what the CLI reports, as human lines or JSON.
 //! - [`ratelimit`]: peer-triggered warnings rate-limited with a count.
+//!
+//! # One model, two roles
+//! Both ends share every type and rule the protocol has in common: the
+//! listener ([`rpf_proto::message::ListenerSpec`], which the CLI's
+//! [`cli_side::Forward`] wraps with its local target), the keepalive
+//! ([`http2::Keepalive`]), the hello check ([`control`]), how a dead
+//! connection task or a tripped limit becomes a [`error::SessionError`]
+//! ([`http2::driver_ended`]), the allow list and connection limit
+//! ([`net::allowed`], [`net::connection_limit`]) and the count of a
+//! finished connection ([`metrics::Metrics::connection_finished`]). The
+//! session itself stays one type per end on purpose: the CLI is the HTTP/2
+//! server that accepts streams and dials this machine, the sidecar the
+//! client that listens in the pod, opens streams and may keep a session
+//! through a lost channel; one type for both would be a bag of options
+//! that each end half-uses.
 
 pub mod cli_side;
 mod control;
