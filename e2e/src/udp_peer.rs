@@ -1,6 +1,7 @@
 //! UDP traffic generators and checkers for the test peer and the
 //! benchmark: an echo server, sequential request/response with checked
-//! payloads, many flows at once, a flow-limit probe.
+//! payloads, many flows at once, a flow-limit probe; and dnsmasq as a
+//! real DNS server.
 //!
 //! Every datagram carries its sequence number and a payload derived from
 //! it, so a lost, cut, corrupted or reordered datagram is caught.
@@ -272,4 +273,76 @@ pub async fn once(addr: SocketAddr, wait: Duration) -> bool {
         tokio::time::timeout(wait, socket.recv(&mut buf)).await,
         Ok(Ok(n)) if buf[..n] == d[..]
     )
+}
+
+/// dnsmasq on 127.0.0.1, configured by its arguments alone: it answers
+/// every name under `.test` (the TLD reserved for tests) with 192.0.2.7,
+/// over UDP and TCP. Stopped when dropped.
+pub struct Dnsmasq {
+    _process: crate::process::Background,
+    /// The port it answers on, UDP and TCP.
+    pub port: u16,
+}
+
+impl Dnsmasq {
+    /// The answer to every `.test` name.
+    pub const ANSWER: &'static str = "192.0.2.7";
+
+    /// Starts dnsmasq and waits until it answers. It binds UDP and TCP on
+    /// one port; a port free for UDP may be taken for TCP (another
+    /// process's connection), so a dnsmasq that exits at once is tried
+    /// again on another port.
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            let port = free_udp_and_tcp_port();
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args([
+                "-c",
+                "echo starting; exec dnsmasq --no-daemon --conf-file=/dev/null --pid-file \
+                 --port=\"$0\" --listen-address=127.0.0.1 --bind-interfaces \
+                 --no-resolv --no-hosts --address=/test/192.0.2.7 2>/dev/null",
+                &port.to_string(),
+            ]);
+            let mut process = crate::process::Background::start(cmd);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !process.exited() {
+                let out = std::process::Command::new("dig")
+                    .args([
+                        "@127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "probe.test",
+                        "+short",
+                    ])
+                    .args(["+time=1", "+tries=1"])
+                    .output()
+                    .expect("the UDP tests need dig (Debian package dnsutils)");
+                if String::from_utf8_lossy(&out.stdout).trim() == Self::ANSWER {
+                    return Dnsmasq {
+                        _process: process,
+                        port,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "dnsmasq (Debian package dnsmasq-base) did not answer on port {port}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("dnsmasq (Debian package dnsmasq-base) exited on five ports in a row");
+    }
+}
+
+/// A loopback port free for both UDP and TCP at the time of asking.
+fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("bind an ephemeral UDP port")
+            .port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

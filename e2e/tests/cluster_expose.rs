@@ -29,6 +29,7 @@ use rpf_e2e::cluster::{
     env_or, load_images, rpf_binary, spawn_with_lines, unique_suffix, wait_for, DeleteNamespaces,
     Kill, Kubectl,
 };
+use rpf_e2e::udp_peer::Dnsmasq;
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[cluster_expose] {}", msg.as_ref());
@@ -165,48 +166,6 @@ fn python_server_at(dir: &Path, body: &str, port: u16) -> Kill {
         |_| std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
     );
     Kill(child)
-}
-
-/// dnsmasq on 127.0.0.1 (a free UDP port) answering `*.test` with
-/// 192.0.2.7; returns it and its port once it answers.
-fn dnsmasq(suffix: &str) -> (Kill, u16) {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("dnsmasq")
-        .args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--pid-file",
-            &format!("--port={port}"),
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--no-resolv",
-            "--no-hosts",
-            "--address=/test/192.0.2.7",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq (apt-get install dnsmasq-base)");
-    let probe = format!("dev-{suffix}.test");
-    wait_for(
-        "dnsmasq to answer",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        |_| {
-            let out = Command::new("dig")
-                .args(["@127.0.0.1", "-p", &port.to_string(), "+short", &probe])
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&out.stdout)
-                .contains("192.0.2.7")
-                .then_some(())
-        },
-    );
-    (Kill(child), port)
 }
 
 /// `wget` from the client pod.
@@ -390,8 +349,8 @@ fn cluster_expose() {
     // Expose the local server as svc/web port 80, and dnsmasq on this
     // machine as its port 53/udp.
     let spec = format!("80:127.0.0.1:{port}");
-    let (_dnsmasq, dns_port) = dnsmasq(&suffix);
-    let dns_spec = format!("53:127.0.0.1:{dns_port}/udp");
+    let dns = Dnsmasq::start();
+    let dns_spec = format!("53:127.0.0.1:{}/udp", dns.port);
     let mut expose = Expose::spawn(&mut rpf_expose(
         &rpf,
         &kubeconfig,
@@ -747,5 +706,123 @@ fn cluster_expose_failures() {
     let output = expose.interrupt();
     assert!(output.contains("\"event\":\"removed\""), "{output}");
     assert_eq!(leftovers(&kubectl, &ns), "", "left after Ctrl-C");
+    log(format!("done in {:.0?}", started.elapsed()));
+}
+
+/// `--gateway` on a live cluster with the Gateway API CRDs
+/// (`RPF_E2E_GATEWAY_API_CRDS`: a directory of them, applied first; no
+/// Gateway controller is needed, so what is proven is the routes: a
+/// TCPRoute without `--hostname`, an HTTPRoute with it, each accepted by
+/// the API server's schema, parented on the Gateway, pointing at the
+/// Service's port, labelled as rpf's, and deleted on Ctrl-C).
+#[test]
+#[ignore = "needs a cluster: set RPF_E2E_KUBECONFIG and run with --ignored"]
+fn cluster_expose_gateway() {
+    let Some(lab) = Lab::start("cluster_expose_gateway") else {
+        return;
+    };
+    let crds = std::env::var("RPF_E2E_GATEWAY_API_CRDS").expect(
+        "set RPF_E2E_GATEWAY_API_CRDS to a directory of Gateway API CRDs (standard channel) for this cluster's version",
+    );
+    let Lab {
+        kubectl,
+        kubeconfig,
+        sidecar,
+        rpf,
+        suffix,
+        started,
+        ..
+    } = lab;
+    kubectl.run(["apply", "-f", &crds]);
+    kubectl.run([
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout",
+        "60s",
+        "crd/gateways.gateway.networking.k8s.io",
+        "crd/httproutes.gateway.networking.k8s.io",
+        "crd/tcproutes.gateway.networking.k8s.io",
+    ]);
+    let ns = format!("expose-gw-{suffix}");
+    let _cleanup = DeleteNamespaces {
+        kubectl: kubectl.clone(),
+        names: vec![ns.clone()],
+    };
+    kubectl.run(["create", "namespace", &ns]);
+    let gateway = format!(
+        r#"{{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {{"name": "public", "namespace": "{ns}"}},
+            "spec": {{"gatewayClassName": "none-offline",
+              "listeners": [{{"name": "http", "protocol": "HTTP", "port": 80}},
+                            {{"name": "tcp", "protocol": "TCP", "port": 9000}}]}}}}"#
+    );
+    rpf_e2e::cluster::apply_stdin(&kubectl, &["apply", "-f", "-"], &gateway)
+        .expect("create the Gateway");
+    let www = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("expose-gw-www-{suffix}"));
+    let (_server, port) = python_server(&www, "through a route");
+    let spec = format!("80:127.0.0.1:{port}");
+    let host = format!("dev-{suffix}.example.test");
+    let gateway_ref = format!("{ns}/public");
+
+    for (kind, extra) in [
+        ("tcproute", vec!["--listener", "tcp"]),
+        ("httproute", vec!["--hostname", host.as_str()]),
+    ] {
+        let mut args = vec![
+            "svc/gw",
+            spec.as_str(),
+            "--replicas",
+            "1",
+            "-o",
+            "json",
+            "--gateway",
+            gateway_ref.as_str(),
+        ];
+        args.extend(extra);
+        let mut expose = Expose::spawn(&mut rpf_expose(&rpf, &kubeconfig, &ns, &sidecar, &args));
+        let created = expose.wait_event("created", Duration::from_secs(60));
+        assert!(
+            created["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o == &format!("{kind}/gw")),
+            "{created}"
+        );
+        expose.wait_event("exposed", Duration::from_secs(240));
+        let route: serde_json::Value =
+            serde_json::from_str(&kubectl.run(["-n", &ns, "get", kind, "gw", "-o", "json"]))
+                .unwrap();
+        log(format!("{kind}: {}", route["spec"]));
+        assert_eq!(
+            route["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "rpf"
+        );
+        let parent = &route["spec"]["parentRefs"][0];
+        assert_eq!(parent["name"], "public", "{route}");
+        assert_eq!(parent["namespace"], ns.as_str(), "{route}");
+        let backend = &route["spec"]["rules"][0]["backendRefs"][0];
+        assert_eq!(backend["name"], "gw", "{route}");
+        assert_eq!(backend["port"], 80, "{route}");
+        if kind == "httproute" {
+            assert_eq!(route["spec"]["hostnames"][0], host.as_str(), "{route}");
+        } else {
+            assert_eq!(parent["sectionName"], "tcp", "{route}");
+        }
+        let output = expose.interrupt();
+        assert!(output.contains("\"event\":\"removed\""), "{output}");
+        let left = kubectl.run([
+            "-n",
+            &ns,
+            "get",
+            "deploy,svc,httproute,tcproute",
+            "-l",
+            "app.kubernetes.io/managed-by=rpf",
+            "-o",
+            "name",
+        ]);
+        assert_eq!(left.trim(), "", "left after Ctrl-C");
+    }
     log(format!("done in {:.0?}", started.elapsed()));
 }

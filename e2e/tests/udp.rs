@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rpf_e2e::fake_sidecar::FakeListener;
 use rpf_e2e::fixtures::{hostname, metric, scrape, testpeer, Pod};
 use rpf_e2e::process::{free_port, Attach, Background};
-use rpf_e2e::udp_peer::{FlowLimitReport, FlowsReport, SeqReport};
+use rpf_e2e::udp_peer::{Dnsmasq, FlowLimitReport, FlowsReport, SeqReport};
 use rpf_proto::message::Message;
 use rpf_proto::wire;
 
@@ -43,69 +43,6 @@ fn wait_metric(port: u16, sample: &str, at_least: f64) -> String {
             "{sample} stayed below {at_least}:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// dnsmasq on the host, configured by its arguments alone; answers
-/// example.test with 192.0.2.7 on UDP and TCP.
-struct Dnsmasq {
-    _process: Background,
-    port: u16,
-}
-
-impl Dnsmasq {
-    /// dnsmasq binds UDP and TCP on one port; a port free for UDP may be
-    /// taken for TCP (another test's connection), so a dnsmasq that exits
-    /// at once is tried again on another port.
-    fn start() -> Self {
-        for _ in 0..5 {
-            let port = free_udp_and_tcp_port();
-            let mut cmd = Command::new("sh");
-            cmd.args([
-                "-c",
-                "echo starting; exec dnsmasq --no-daemon --conf-file=/dev/null --pid-file \
-                 --port=\"$0\" --listen-address=127.0.0.1 --bind-interfaces \
-                 --no-resolv --no-hosts --address=/example.test/192.0.2.7 2>/dev/null",
-                &port.to_string(),
-            ]);
-            let mut process = Background::start(cmd);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !process.exited() {
-                let out = Command::new("dig")
-                    .args([
-                        "@127.0.0.1",
-                        "-p",
-                        &port.to_string(),
-                        "example.test",
-                        "+short",
-                    ])
-                    .args(["+time=1", "+tries=1"])
-                    .output()
-                    .expect("the UDP tests need dig (Debian package dnsutils)");
-                if String::from_utf8_lossy(&out.stdout).trim() == "192.0.2.7" {
-                    return Dnsmasq {
-                        _process: process,
-                        port,
-                    };
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "dnsmasq (Debian package dnsmasq-base) did not answer on port {port}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("dnsmasq (Debian package dnsmasq-base) exited on five ports in a row");
-    }
-}
-
-/// A loopback port free for both UDP and TCP at the time of asking.
-fn free_udp_and_tcp_port() -> u16 {
-    loop {
-        let port = free_udp_port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
     }
 }
 
