@@ -7,7 +7,10 @@
 //! rpf did not create is never taken over. `cluster_expose_failures`: an
 //! unpullable relay image fails at once with its name and the kubelet's
 //! reason, leaving nothing; a local service that is down gets its clients
-//! reset while the expose stays up.
+//! reset while the expose stays up. `cluster_expose_gateway`: with the
+//! Gateway API CRDs (`RPF_E2E_GATEWAY_API_CRDS`, a directory applied
+//! first), `--gateway` creates a TCPRoute and an HTTPRoute the API server
+//! accepts, parented on the Gateway and backed by the Service.
 //!
 //! ```sh
 //! RPF_E2E_KUBECONFIG=~/.kube/config cargo test -p rpf-e2e --test cluster_expose -- --ignored --nocapture
