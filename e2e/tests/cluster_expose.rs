@@ -504,9 +504,37 @@ fn cluster_expose() {
         &["svc/web", &spec],
     ));
     killed.wait_line("stdout: Exposed ", Duration::from_secs(240));
+    wait_ready_endpoints(&kubectl, &ns, "web", 1);
     killed.child.0.kill().unwrap();
     killed.child.0.wait().unwrap();
     assert_ne!(leftovers(&kubectl, &ns), "");
+    // The leftovers carry no traffic: without rpf the relays turn unready
+    // (their probe fails once the sessions are gone), so the Service has
+    // no ready endpoint and clients are refused, never held.
+    let killed_at = Instant::now();
+    wait_for(
+        "no ready endpoint after kill -9",
+        Duration::from_secs(90),
+        Duration::from_secs(1),
+        |last| {
+            *last = kubectl
+                .try_run([
+                    "-n",
+                    &ns,
+                    "get",
+                    "endpoints",
+                    "web",
+                    "-o",
+                    "jsonpath={.subsets[*].addresses[*].ip}",
+                ])
+                .unwrap_or_else(|e| e);
+            last.trim().is_empty().then_some(())
+        },
+    );
+    log(format!(
+        "after kill -9: no ready endpoint within {:.0?}",
+        killed_at.elapsed()
+    ));
     // The adopting run speaks JSON (the same story as events) and lets
     // only the client pod in (`--allow`, enforced by the relays, which see
     // the client's pod IP through the Service).
