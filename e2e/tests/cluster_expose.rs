@@ -621,9 +621,10 @@ fn kubectl_free_rpf(rpf: &Path, kubeconfig: &Path, args: &[&str]) -> String {
 
 /// The failures the expose issue lists that need a cluster: a relay image
 /// that cannot be pulled (a prompt error naming the image and the
-/// kubelet's reason, nothing left behind), and the local service down
+/// kubelet's reason, nothing left behind); the local service down
 /// (clients are reset and the event says so; the expose stays up and
-/// serves as soon as the service is back).
+/// serves as soon as the service is back); a relay killed mid-transfer
+/// (the other relay's connections go on, new ones are served).
 #[test]
 #[ignore = "needs a cluster: set RPF_E2E_KUBECONFIG and run with --ignored"]
 fn cluster_expose_failures() {
@@ -737,6 +738,104 @@ fn cluster_expose_failures() {
     let output = expose.interrupt();
     assert!(output.contains("\"event\":\"removed\""), "{output}");
     assert_eq!(leftovers(&kubectl, &ns), "", "left after Ctrl-C");
+
+    // A relay killed mid-transfer: ten long-lived echo connections spread
+    // over two relays; one relay pod is deleted while they run (SIGTERM:
+    // its sidecar drains for 5 s, then exits). The connections on it are
+    // cut; those on the other relay carry every line to the end, and a new
+    // connection afterwards is served.
+    let echo = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let _echo = Kill(
+        Command::new("socat")
+            .args([
+                &format!("TCP-LISTEN:{echo},bind=127.0.0.1,fork,reuseaddr"),
+                "EXEC:cat",
+            ])
+            .spawn()
+            .expect("socat (Debian package socat)"),
+    );
+    let spec = format!("81:127.0.0.1:{echo}");
+    let mut expose = Expose::spawn(&mut rpf_expose(
+        &rpf,
+        &kubeconfig,
+        &ns,
+        &sidecar,
+        &["svc/echo", &spec, "--replicas", "2", "-o", "json"],
+    ));
+    let exposed = expose.wait_event("exposed", Duration::from_secs(240));
+    let echo_ip = exposed["cluster_ip"].as_str().unwrap().to_owned();
+    wait_ready_endpoints(&kubectl, &ns, "echo", 2);
+    const LINES: usize = 60;
+    let script = format!(
+        "for i in 0 1 2 3 4 5 6 7 8 9; do \
+           (for n in $(seq 1 {LINES}); do echo line$n; sleep 0.5; done \
+             | timeout 45 nc {echo_ip} 81 > /tmp/c$i.out 2>/dev/null) & \
+         done; wait; for i in 0 1 2 3 4 5 6 7 8 9; do wc -l < /tmp/c$i.out; done"
+    );
+    let clients = {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        thread::spawn(move || {
+            kubectl.try_run(["-n", &ns, "exec", "client", "--", "sh", "-c", &script])
+        })
+    };
+    thread::sleep(Duration::from_secs(6));
+    let relays = kubectl.run([
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "rpf.dev/expose=echo",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let victim = relays
+        .split_whitespace()
+        .next()
+        .expect("a relay pod")
+        .to_owned();
+    kubectl.run(["-n", &ns, "delete", "pod", &victim, "--wait=false"]);
+    let counts: Vec<usize> = clients
+        .join()
+        .unwrap()
+        .expect("the client script runs")
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    log(format!(
+        "relay {victim} deleted mid-transfer: lines echoed per connection {counts:?} (of {LINES})"
+    ));
+    assert_eq!(counts.len(), 10, "{counts:?}");
+    assert!(
+        counts.contains(&LINES),
+        "no connection survived on the other relay: {counts:?}"
+    );
+    // Ten connections all on one relay: 1 run in 512.
+    assert!(
+        counts.iter().any(|&n| n < LINES),
+        "no connection was cut with its relay: {counts:?}"
+    );
+    let again = kubectl.try_run([
+        "-n",
+        &ns,
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo after | timeout 5 nc {echo_ip} 81"),
+    ]);
+    assert_eq!(again.as_deref().map(str::trim), Ok("after"), "{again:?}");
+    assert!(
+        expose.child.0.try_wait().unwrap().is_none(),
+        "rpf expose exited when a relay was killed"
+    );
+    let output = expose.interrupt();
+    assert!(output.contains("\"event\":\"removed\""), "{output}");
     log(format!("done in {:.0?}", started.elapsed()));
 }
 
