@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use rpf_tunnel::error::SessionError;
 
 use crate::cluster::target::InvalidTarget;
+use crate::expose::ExposeError;
 use crate::spec::SpecError;
 
 /// Success: Ctrl-C after a session, or the command did what it was asked.
@@ -32,7 +33,11 @@ pub struct BadInput(pub String);
 /// The status for a command's failure.
 pub fn status(e: &anyhow::Error) -> u8 {
     let bad_input = |c: &(dyn std::error::Error + 'static)| {
-        c.is::<SpecError>() || c.is::<InvalidTarget>() || c.is::<BadInput>()
+        c.is::<SpecError>()
+            || c.is::<InvalidTarget>()
+            || c.is::<BadInput>()
+            || c.downcast_ref::<ExposeError>()
+                .is_some_and(ExposeError::is_bad_input)
     };
     if e.chain().any(bad_input) {
         BAD_INPUT

@@ -53,6 +53,45 @@ fn malformed_specs_fail_before_anything_starts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("error: "));
 }
 
+/// `rpf expose` refuses a wrong command line with exit status 2 before it
+/// reads a kubeconfig (one that does not exist: reaching for it would be a
+/// different error, exit 1), so nothing is ever half-created.
+#[test]
+fn a_wrong_expose_command_fails_before_the_cluster() {
+    let cases: [(&[&str], &str); 9] = [
+        (&["svc/web", "0:80"], "remote port \"0\""),
+        (&["svc/web", "80:abc"], "local port \"abc\""),
+        (&["svc/web", "53/sctp"], "unknown protocol \"sctp\""),
+        (&["svc/web", "80", "--replicas", "0"], "0 is not in 1..=20"),
+        (&["svc/Bad_Name", "80"], "invalid service name"),
+        (&["deploy/web", "80"], "the kind must be svc"),
+        (&["svc/web"], "no port given after svc/web"),
+        (
+            &["svc/web", "53/udp", "--gateway", "infra/public"],
+            "--gateway needs a TCP port",
+        ),
+        (
+            &["svc/web", "80", "--gateway", "a/b/c"],
+            "invalid --gateway",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(bin("rpf"))
+            .arg("expose")
+            .args(args)
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{args:?}: {stderr} should say {want}"
+        );
+        assert!(!stderr.contains("kubeconfig"), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn a_port_already_bound_in_the_pod_fails_before_forwarding_and_binds_nothing() {
     let pod = Pod::new("inuse");

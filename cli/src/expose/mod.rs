@@ -81,6 +81,21 @@ pub enum ExposeError {
     BadGateway(String),
 }
 
+impl ExposeError {
+    /// Whether the command line is at fault (exit status 2), not the
+    /// cluster.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            ExposeError::BadName { .. }
+                | ExposeError::NoPorts(_)
+                | ExposeError::NoRoutablePort
+                | ExposeError::TooManyPorts(_)
+                | ExposeError::BadGateway(_)
+        )
+    }
+}
+
 /// Runs `rpf expose` (or `--delete`) until Ctrl-C, then removes what it
 /// created.
 pub async fn run(args: ExposeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -94,8 +109,11 @@ pub async fn run(args: ExposeArgs, shutdown: CancellationToken) -> anyhow::Resul
         return Ok(());
     }
     let (name, specs) = parse_args(&args.args)?;
-    if args.gateway.is_some() && specs.iter().all(|s| s.protocol == Protocol::Udp) {
-        return Err(ExposeError::NoRoutablePort.into());
+    if let Some(gateway) = &args.gateway {
+        parse_gateway(gateway)?;
+        if specs.iter().all(|s| s.protocol == Protocol::Udp) {
+            return Err(ExposeError::NoRoutablePort.into());
+        }
     }
     let (client, namespace) = args.cluster.options().connect().await?;
     let mut image = InjectConfig::new(&args.image);
@@ -246,17 +264,25 @@ fn parse_service(text: &str) -> Result<String, ExposeError> {
     Ok(name.to_owned())
 }
 
+/// `--gateway [NAMESPACE/]NAME`, checked before anything touches the
+/// cluster.
+fn parse_gateway(gateway: &str) -> Result<(Option<&str>, &str), ExposeError> {
+    let (ns, name) = match gateway.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, gateway),
+    };
+    if ns == Some("") || name.is_empty() || name.contains('/') {
+        return Err(ExposeError::BadGateway(gateway.to_owned()));
+    }
+    Ok((ns, name))
+}
+
 fn route_spec(args: &ExposeArgs, namespace: &str) -> Result<Option<RouteSpec>, ExposeError> {
     let Some(gateway) = &args.gateway else {
         return Ok(None);
     };
-    let (ns, name) = match gateway.split_once('/') {
-        Some((ns, name)) => (ns, name),
-        None => (namespace, gateway.as_str()),
-    };
-    if ns.is_empty() || name.is_empty() || name.contains('/') {
-        return Err(ExposeError::BadGateway(gateway.clone()));
-    }
+    let (ns, name) = parse_gateway(gateway)?;
+    let ns = ns.unwrap_or(namespace);
     Ok(Some(RouteSpec {
         gateway: GatewayRef {
             namespace: ns.to_owned(),
