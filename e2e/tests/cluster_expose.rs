@@ -648,6 +648,49 @@ fn cluster_expose_failures() {
     kubectl.run(["create", "namespace", &ns]);
     client_pod(&kubectl, &client_image, &ns, "client");
 
+    // RBAC missing for one kind: a ServiceAccount may do everything expose
+    // needs except write Services. It is refused before anything is
+    // created, and told which verbs on which resource it lacks.
+    let role = format!(
+        r#"{{"apiVersion": "v1", "kind": "List", "items": [
+          {{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {{"name": "partial", "namespace": "{ns}"}}}},
+          {{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {{"name": "partial", "namespace": "{ns}"}},
+            "rules": [
+              {{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "create", "patch", "delete"]}},
+              {{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list"]}},
+              {{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}},
+              {{"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]}}]}},
+          {{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {{"name": "partial", "namespace": "{ns}"}},
+            "roleRef": {{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "partial"}},
+            "subjects": [{{"kind": "ServiceAccount", "name": "partial", "namespace": "{ns}"}}]}}]}}"#
+    );
+    rpf_e2e::cluster::apply_stdin(&kubectl, &["apply", "-f", "-"], &role)
+        .expect("create the partial Role");
+    let sa_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("expose-fail-sa-{suffix}"));
+    std::fs::create_dir_all(&sa_dir).unwrap();
+    let partial = rpf_e2e::cluster::sa_kubeconfig(&kubectl, &ns, "partial", &sa_dir);
+    let out = rpf_expose(
+        &rpf,
+        &partial,
+        &ns,
+        &sidecar,
+        &["svc/rbac", "80:127.0.0.1:9"],
+    )
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    log(format!("without write access to services: {stderr}"));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("create services") && stderr.contains("delete services"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("deployments"), "{stderr}");
+    assert_eq!(leftovers(&kubectl, &ns), "", "created without permission");
+
     // An image no node has and none can pull: the error comes once the
     // kubelet backs off, well before the 2-minute wait for the relays,
     // names the image and the reason, and everything is removed.
