@@ -265,7 +265,7 @@ fn report(args: &Args, samples: &[Sample], peak_cli: u64, peak_sidecar: u64) {
         humantime::format_duration(Duration::from_secs(last.at.as_secs()))
     );
     println!(
-        "Bulk {} MiB both ways, {} ping-pong round trips on {} connections, {} connections churned; failed: {}.\n",
+        "Bulk {} MiB in all (half each way), {} ping-pong round trips on {} connections, {} connections churned; failed: {}.\n",
         last.bulk_mib, last.round_trips, args.ping_pongs, last.churned, last.failed
     );
     println!("| RSS (MiB) | after warm-up ({}) | max after warm-up | end | growth after warm-up | peak |", humantime::format_duration(args.warm_up));
