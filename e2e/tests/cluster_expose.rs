@@ -938,6 +938,28 @@ fn cluster_expose_gateway() {
     let host = format!("dev-{suffix}.example.test");
     let gateway_ref = format!("{ns}/public");
 
+    // A Gateway that does not exist: an error naming it, nothing created.
+    let missing = format!("{ns}/nowhere");
+    let out = rpf_expose(
+        &rpf,
+        &kubeconfig,
+        &ns,
+        &sidecar,
+        &["svc/gw", &spec, "--gateway", &missing],
+    )
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    log(format!("--gateway {missing}: {stderr}"));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nowhere"), "{stderr}");
+    assert_eq!(
+        leftovers(&kubectl, &ns),
+        "",
+        "created for a missing Gateway"
+    );
+
     for (kind, extra) in [
         ("tcproute", vec!["--listener", "tcp"]),
         ("httproute", vec!["--hostname", host.as_str()]),
