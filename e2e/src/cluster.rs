@@ -424,6 +424,88 @@ pub fn spawn_with_lines(cmd: &mut Command) -> (Child, Receiver<String>) {
     (child, lines)
 }
 
+/// A running command (`rpf attach`, `rpf expose`) whose output is read
+/// line by line; killed when dropped.
+pub struct Watched {
+    /// The process.
+    pub child: Child,
+    lines: Receiver<String>,
+    /// Every line read so far, `stdout: …` or `stderr: …`.
+    pub seen: Vec<String>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Watched {
+    /// Starts `cmd` (see [`spawn_with_lines`]).
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let (child, lines) = spawn_with_lines(cmd);
+        Watched {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line for which `want` returns `Some`; panics with the
+    /// output so far after `timeout`.
+    pub fn wait_line<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        want: impl Fn(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = want(&line);
+                    self.seen.push(line);
+                    if let Some(v) = found {
+                        return v;
+                    }
+                }
+                Err(_) => {
+                    let status = self.child.try_wait();
+                    panic!(
+                        "no {what} within {timeout:?} (exit: {status:?}); output so far:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Deletes what `kubectl apply -f FILE` created when dropped, unless
+/// disarmed (an install of rpf, cluster-wide).
+pub struct Installed {
+    /// The cluster's kubectl.
+    pub kubectl: Kubectl,
+    /// The applied file.
+    pub file: PathBuf,
+    /// Whether to delete on drop.
+    pub armed: bool,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if self.armed {
+            eprintln!("[cluster] cleanup: uninstalling rpf");
+            let file = self.file.to_string_lossy().into_owned();
+            let _ =
+                self.kubectl
+                    .try_run(["delete", "--ignore-not-found", "--wait=false", "-f", &file]);
+        }
+    }
+}
+
 /// Where the manifests install the webhook: namespace and Deployment name.
 pub const WEBHOOK_NS: &str = "rpf-system";
 /// The webhook's Deployment, Service and configuration name.
@@ -439,6 +521,48 @@ pub fn webhook_rollout(kubectl: &Kubectl) {
         &format!("deployment/{WEBHOOK}"),
         "--timeout=180s",
     ]);
+}
+
+/// Scales the webhook to `replicas` and waits: for every pod to be gone
+/// (0), or for the rollout.
+pub fn scale_webhook(kubectl: &Kubectl, replicas: u32) {
+    let arg = format!("--replicas={replicas}");
+    kubectl.run(["-n", WEBHOOK_NS, "scale", "deployment", WEBHOOK, &arg]);
+    if replicas == 0 {
+        wait_webhook_gone(kubectl);
+    } else {
+        webhook_rollout(kubectl);
+    }
+}
+
+/// Waits until the API server has the webhook inject the sidecar into
+/// `pod_yaml` (an opted-in pod), asked with a server-side dry run.
+pub fn wait_injecting(kubectl: &Kubectl, pod_yaml: &str, timeout: Duration) {
+    wait_for(
+        "the webhook to inject the sidecar (server-side dry run)",
+        timeout,
+        Duration::from_secs(1),
+        |last| {
+            let names = apply_stdin(
+                kubectl,
+                &[
+                    "create",
+                    "--dry-run=server",
+                    "-o",
+                    "jsonpath={.spec.initContainers[*].name} {.spec.containers[*].name}",
+                    "-f",
+                    "-",
+                ],
+                pod_yaml,
+            );
+            *last = format!("{names:?}");
+            names
+                .ok()?
+                .split_whitespace()
+                .any(|n| n == "rpf-sidecar")
+                .then_some(())
+        },
+    );
 }
 
 /// Waits until no webhook pod is left, not even a terminating one that

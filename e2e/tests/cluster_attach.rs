@@ -25,82 +25,28 @@
 //! - `RPF_E2E_RPF`: the `rpf` binary (default: built by cargo).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rpf_e2e::cluster::{
-    apply_stdin, env_or, host_server, load_images, rpf_binary, sa_kubeconfig, spawn_with_lines,
-    unique_suffix, wait_for, DeleteNamespaces, Kubectl,
+    apply_stdin, env_or, host_server, load_images, rpf_binary, sa_kubeconfig, unique_suffix,
+    wait_for, DeleteNamespaces, Kubectl, Watched,
 };
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[cluster_attach] {}", msg.as_ref());
 }
 
-/// A running `rpf attach`, its output arriving line by line.
-struct Attach {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Attach {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Attach {
-    fn spawn(cmd: &mut Command) -> Self {
-        let (child, lines) = spawn_with_lines(cmd);
-        Attach {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line for which `want` returns `Some`.
-    fn wait_line<T>(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        want: impl Fn(&str) -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = want(&line);
-                    self.seen.push(line);
-                    if let Some(v) = found {
-                        return v;
-                    }
-                }
-                Err(_) => {
-                    let status = self.child.try_wait();
-                    panic!(
-                        "rpf attach: no {what} within {timeout:?} (exit: {status:?}); output so far:\n{}",
-                        self.seen.join("\n")
-                    );
-                }
-            }
-        }
-    }
-
-    /// Waits for a `Forwarding from 127.0.0.1:REMOTE in pod NS/POD -> ...`
-    /// line and returns POD.
-    fn forwarding(&mut self, ns: &str, remote: u16) -> String {
-        let prefix = format!("stdout: Forwarding from 127.0.0.1:{remote} in pod {ns}/");
-        self.wait_line("`Forwarding from` line", Duration::from_secs(90), |line| {
-            let rest = line.strip_prefix(&prefix)?;
-            Some(rest.split_whitespace().next()?.to_owned())
-        })
-    }
+/// Waits for a `Forwarding from 127.0.0.1:REMOTE in pod NS/POD -> ...`
+/// line and returns POD.
+fn forwarding(attach: &mut Watched, ns: &str, remote: u16) -> String {
+    let prefix = format!("stdout: Forwarding from 127.0.0.1:{remote} in pod {ns}/");
+    attach.wait_line("`Forwarding from` line", Duration::from_secs(90), |line| {
+        let rest = line.strip_prefix(&prefix)?;
+        Some(rest.split_whitespace().next()?.to_owned())
+    })
 }
 
 /// `kubectl apply -f -` with `yaml` on stdin.
@@ -346,7 +292,7 @@ fn cluster_attach() {
         log(format!(
             "attach {target} over {transport}, {remote} -> 127.0.0.1:{local}"
         ));
-        let mut attach = Attach::spawn(
+        let mut attach = Watched::spawn(
             Command::new(&rpf)
                 .arg("attach")
                 .arg("--kubeconfig")
@@ -354,7 +300,7 @@ fn cluster_attach() {
                 .args(["-n", &ns, "--transport", transport, target])
                 .arg(format!("{remote}:127.0.0.1:{local}")),
         );
-        let pod = attach.forwarding(&ns, remote);
+        let pod = forwarding(&mut attach, &ns, remote);
         if target == "pod/web" {
             assert_eq!(pod, "web");
         }
@@ -380,7 +326,7 @@ fn cluster_attach() {
                 Duration::from_secs(60),
                 |l| l.starts_with(&lost).then_some(()),
             );
-            let new_pod = attach.forwarding(&ns, remote);
+            let new_pod = forwarding(&mut attach, &ns, remote);
             assert_ne!(new_pod, pod, "reconnected to the deleted pod");
             // stderr and stdout interleave freely: the line may come later.
             let reconnected = format!("stderr: Reconnected to pod {ns}/{new_pod}");

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rpf_e2e::cluster::{
     apply_stdin, env_or, host_server, load_images, render_install, rpf_binary, sa_kubeconfig,
-    wait_for, wait_webhook_gone, webhook_rollout, Kubectl, WEBHOOK, WEBHOOK_NS,
+    scale_webhook, wait_for, wait_injecting, webhook_rollout, Kubectl, WEBHOOK,
 };
 use serde_json::Value;
 
@@ -338,26 +338,10 @@ fn cluster_doctor() {
     kubectl.run(["create", "namespace", &ns]);
     kubectl.run(["create", "namespace", &off]);
     kubectl.run(["label", "namespace", &off, "rpf.dev/injection=disabled"]);
-    wait_for(
-        "the webhook to inject (server-side dry run)",
+    wait_injecting(
+        &kubectl,
+        &pod_yaml(&ns, "probe", &client_image, true),
         Duration::from_secs(90),
-        Duration::from_secs(2),
-        |last| {
-            let names = apply_stdin(
-                &kubectl,
-                &[
-                    "create",
-                    "--dry-run=server",
-                    "-o",
-                    "jsonpath={.spec.containers[*].name}",
-                    "-f",
-                    "-",
-                ],
-                &pod_yaml(&ns, "probe", &client_image, true),
-            );
-            *last = format!("{names:?}");
-            names.ok()?.contains("rpf-sidecar").then_some(())
-        },
     );
     log("webhook injects");
 
@@ -502,12 +486,7 @@ fn cluster_doctor() {
     // 6. The webhook down: a pod created meanwhile is admitted without the
     //    sidecar; the doctor says the webhook is not ready, and once it is
     //    back, that the pod was created while it was down.
-    let scale_webhook = |replicas: u32| {
-        let replicas = format!("--replicas={replicas}");
-        kubectl.run(["-n", WEBHOOK_NS, "scale", "deployment", WEBHOOK, &replicas]);
-    };
-    scale_webhook(0);
-    wait_webhook_gone(&kubectl);
+    scale_webhook(&kubectl, 0);
     apply_stdin(
         &kubectl,
         &["apply", "-f", "-"],
@@ -526,8 +505,7 @@ fn cluster_doctor() {
     assert!(run
         .line("injection")
         .contains("it opted in, but the webhook is not ready"));
-    scale_webhook(2);
-    webhook_rollout(&kubectl);
+    scale_webhook(&kubectl, 2);
     let run = wait_for(
         "the doctor to see the webhook ready again",
         Duration::from_secs(60),

@@ -31,38 +31,19 @@
 //! - `RPF_E2E_RPF`: the `rpf` binary (default: built by cargo for this test).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rpf_e2e::cluster::{
-    apply_stdin, env_or, host_server, load_images, render_install, rpf_binary, wait_for,
-    wait_webhook_gone, webhook_rollout, Kill, Kubectl, WEBHOOK, WEBHOOK_NS,
+    apply_stdin, env_or, host_server, load_images, render_install, rpf_binary, scale_webhook,
+    wait_for, wait_injecting, webhook_rollout, Installed, Kill, Kubectl, WEBHOOK, WEBHOOK_NS,
 };
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[cluster_mission] {}", msg.as_ref());
-}
-
-/// Deletes what `kubectl apply -f FILE` created, unless disarmed.
-struct Installed {
-    kubectl: Kubectl,
-    file: PathBuf,
-    armed: bool,
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        if self.armed {
-            log("cleanup: uninstalling rpf");
-            let file = self.file.to_string_lossy().into_owned();
-            let _ =
-                self.kubectl
-                    .try_run(["delete", "--ignore-not-found", "--wait=false", "-f", &file]);
-        }
-    }
 }
 
 /// Deletes a namespace, unless disarmed.
@@ -264,37 +245,10 @@ fn cluster_mission() {
     kubectl.run(["create", "namespace", &ns]);
     let client_image = env_or("RPF_E2E_CLIENT_IMAGE", "busybox:1.36");
 
-    wait_for(
-        "the webhook to inject rpf-sidecar (server-side dry run)",
+    wait_injecting(
+        &kubectl,
+        &annotated_pod_yaml(&ns, "probe", &client_image),
         Duration::from_secs(60),
-        Duration::from_secs(2),
-        |last| {
-            let pod = annotated_pod_yaml(&ns, "probe", &client_image);
-            match apply_stdin(
-                &kubectl,
-                &[
-                    "create",
-                    "--dry-run=server",
-                    "-o",
-                    "jsonpath={.spec.initContainers[*].name} {.spec.containers[*].name}",
-                    "-f",
-                    "-",
-                ],
-                &pod,
-            ) {
-                Ok(names) => {
-                    *last = names.clone();
-                    names
-                        .split_whitespace()
-                        .any(|n| n == "rpf-sidecar")
-                        .then_some(())
-                }
-                Err(e) => {
-                    *last = e;
-                    None
-                }
-            }
-        },
     );
     log("webhook injects into annotated pods");
 
@@ -426,14 +380,7 @@ fn cluster_mission() {
     drop(attach);
 
     // 7. A webhook that is down never blocks pod creation (failurePolicy Ignore).
-    kubectl.run([
-        "-n",
-        WEBHOOK_NS,
-        "scale",
-        &format!("deployment/{WEBHOOK}"),
-        "--replicas=0",
-    ]);
-    wait_webhook_gone(&kubectl);
+    scale_webhook(&kubectl, 0);
     let t = Instant::now();
     apply_stdin(
         &kubectl,

@@ -118,6 +118,12 @@ pub struct Args {
     #[arg(long, env = "RPF_WEBHOOK_CONFIG_NAME", default_value = "rpf-webhook")]
     pub webhook_config_name: String,
 
+    /// With --self-managed-tls: how often the Secret and the caBundle are
+    /// checked again, so a wrong or wiped caBundle, or another replica's
+    /// renewal, is repaired without a restart (two GETs per check).
+    #[arg(long, env = "RPF_WEBHOOK_RECHECK_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub recheck_interval: Duration,
+
     /// On SIGTERM, keep serving (while /readyz fails) this long before
     /// closing the listener, so endpoints are updated first.
     #[arg(long, env = "RPF_WEBHOOK_SHUTDOWN_DELAY", default_value = "3s", value_parser = parse_duration)]

@@ -141,6 +141,7 @@ pub async fn run_until(
                 secret: args.secret_name.clone(),
                 webhook_config: args.webhook_config_name.clone(),
                 validity: Validity::default(),
+                recheck: args.recheck_interval,
             };
             tokio::spawn(self_managed::maintain(
                 sm,

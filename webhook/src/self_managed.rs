@@ -38,8 +38,6 @@ use tokio_util::sync::CancellationToken;
 /// to live (so replicas agree, and renewal happens well before expiry).
 pub const MIN_REMAINING: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// How often the Secret and `caBundle` are checked again once in place.
-pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
 /// What the self-managed mode manages, and where.
 #[derive(Clone)]
@@ -56,6 +54,10 @@ pub struct SelfManaged {
     pub webhook_config: String,
     /// Certificate lifetimes.
     pub validity: Validity,
+    /// How often the Secret and `caBundle` are checked again once in place:
+    /// this bounds how long a wiped or wrong `caBundle` (a re-apply of the
+    /// manifests, a hand edit) or another replica's renewal goes unnoticed.
+    pub recheck: Duration,
 }
 
 /// Failures of the self-managed mode (all retried by [`maintain`]).
@@ -354,9 +356,9 @@ pub fn check(m: &Material, names: &[String], min_remaining: Duration) -> Verdict
 /// Keeps the Secret, the served certificate and `caBundle` in place until
 /// `shutdown`: retries with backoff until the first certificate is served
 /// and `caBundle` is patched (the configuration may be applied after the
-/// webhook starts), then checks again every [`RECHECK_INTERVAL`] so that
-/// renewals by another replica, or a `caBundle` wiped by a re-apply, are
-/// picked up.
+/// webhook starts), then checks again every [`SelfManaged::recheck`] so
+/// that renewals by another replica, or a `caBundle` wiped or changed by a
+/// re-apply, are repaired without a restart.
 pub async fn maintain(
     sm: SelfManaged,
     store: std::sync::Arc<CertStore>,
@@ -410,7 +412,7 @@ pub async fn maintain(
         };
         let wait = if ok {
             backoff = retries.build();
-            RECHECK_INTERVAL
+            sm.recheck
         } else {
             backoff.next().unwrap_or(Duration::from_secs(30))
         };
