@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`bench`]: what the benchmarks share (servers, a `--via` tunnel, traffic shapes).
+//! - [`cgroup`]: a memory cgroup, the kernel's container memory limit.
 //! - [`netns`]: a network namespace as a pod.
 //! - [`process`]: the binaries under test and handles on running ones.
 //! - [`fixtures`]: a pod with a sidecar, an HTTP server, the test peer.
@@ -13,6 +14,7 @@
 //! - [`cluster`]: helpers for tests against a real Kubernetes cluster.
 
 pub mod bench;
+pub mod cgroup;
 pub mod cluster;
 pub mod fake_sidecar;
 pub mod fixtures;

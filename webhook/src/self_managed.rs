@@ -38,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 /// to live (so replicas agree, and renewal happens well before expiry).
 pub const MIN_REMAINING: Duration = Duration::from_secs(30 * 24 * 3600);
 
-
 /// What the self-managed mode manages, and where.
 #[derive(Clone)]
 pub struct SelfManaged {
