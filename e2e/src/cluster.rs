@@ -565,6 +565,23 @@ pub fn wait_injecting(kubectl: &Kubectl, pod_yaml: &str, timeout: Duration) {
     );
 }
 
+/// Waits while namespace `ns` is terminating (an earlier uninstall or test
+/// may still be deleting it; nothing can be created in it meanwhile).
+pub fn wait_not_terminating(kubectl: &Kubectl, ns: &str) {
+    wait_for(
+        &format!("namespace {ns} to finish terminating"),
+        Duration::from_secs(180),
+        Duration::from_secs(1),
+        |last| {
+            let phase = kubectl
+                .try_run(["get", "namespace", ns, "-o", "jsonpath={.status.phase}"])
+                .unwrap_or_default();
+            *last = phase.clone();
+            (phase != "Terminating").then_some(())
+        },
+    );
+}
+
 /// Waits until no webhook pod is left, not even a terminating one that
 /// still serves (after scaling to zero or uninstalling).
 pub fn wait_webhook_gone(kubectl: &Kubectl) {

@@ -50,8 +50,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rpf_e2e::cluster::{
     apply_stdin, env_or, host_server, load_images, render_install, rpf_binary, scale_webhook,
-    unique_suffix, wait_for, wait_injecting, webhook_rollout, DeleteNamespaces, Installed, Kubectl,
-    Watched, WEBHOOK, WEBHOOK_NS,
+    unique_suffix, wait_for, wait_injecting, wait_not_terminating, webhook_rollout,
+    DeleteNamespaces, Installed, Kubectl, Watched, WEBHOOK, WEBHOOK_NS,
 };
 use rpf_webhook::tls::{self, Validity};
 use serde_json::Value;
@@ -541,25 +541,7 @@ fn cluster_chaos_webhook() {
         &webhook,
         &Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-overlay"),
     );
-    // An earlier uninstall may still be deleting the namespace.
-    wait_for(
-        &format!("namespace {WEBHOOK_NS} to finish terminating"),
-        Duration::from_secs(180),
-        Duration::from_secs(1),
-        |last| {
-            let phase = kubectl
-                .try_run([
-                    "get",
-                    "namespace",
-                    WEBHOOK_NS,
-                    "-o",
-                    "jsonpath={.status.phase}",
-                ])
-                .unwrap_or_default();
-            *last = phase.clone();
-            (phase != "Terminating").then_some(())
-        },
-    );
+    wait_not_terminating(&kubectl, WEBHOOK_NS);
     let _installed = Installed {
         kubectl: kubectl.clone(),
         file: rendered.clone(),

@@ -37,7 +37,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rpf_e2e::cluster::{
     apply_stdin, env_or, host_server, load_images, render_install, rpf_binary, sa_kubeconfig,
-    scale_webhook, wait_for, wait_injecting, webhook_rollout, Kubectl, WEBHOOK,
+    scale_webhook, wait_for, wait_injecting, wait_not_terminating, webhook_rollout, Kubectl,
+    WEBHOOK, WEBHOOK_NS,
 };
 use serde_json::Value;
 
@@ -333,6 +334,7 @@ fn cluster_doctor() {
         namespaces: vec![ns.clone(), off.clone()],
     };
     log(format!("installing rpf for 1.{minor}"));
+    wait_not_terminating(&kubectl, WEBHOOK_NS);
     kubectl.run(["apply", "-f", rendered.to_str().unwrap()]);
     webhook_rollout(&kubectl);
     kubectl.run(["create", "namespace", &ns]);

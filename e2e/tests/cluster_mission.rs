@@ -39,7 +39,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rpf_e2e::cluster::{
     apply_stdin, env_or, host_server, load_images, render_install, rpf_binary, scale_webhook,
-    wait_for, wait_injecting, webhook_rollout, Installed, Kill, Kubectl, WEBHOOK, WEBHOOK_NS,
+    wait_for, wait_injecting, wait_not_terminating, webhook_rollout, Installed, Kill, Kubectl,
+    WEBHOOK, WEBHOOK_NS,
 };
 
 fn log(msg: impl AsRef<str>) {
@@ -179,6 +180,7 @@ fn cluster_mission() {
         armed: true,
     };
     let rendered_arg = rendered.to_str().unwrap().to_owned();
+    wait_not_terminating(&kubectl, WEBHOOK_NS);
     kubectl.run(["apply", "-f", &rendered_arg]);
 
     // 3. The webhook is ready, has put its CA into the webhook configuration,
