@@ -365,6 +365,21 @@ pub struct DeleteNamespaces {
     pub names: Vec<String>,
 }
 
+impl DeleteNamespaces {
+    /// Creates a namespace `PREFIX-<unique suffix>`, deleted when the
+    /// guard is dropped; returns its name and the guard.
+    pub fn create(kubectl: &Kubectl, prefix: &str) -> (String, Self) {
+        let name = format!("{prefix}-{}", unique_suffix());
+        kubectl.run(["create", "namespace", &name]);
+        eprintln!("[cluster] namespace {name}");
+        let guard = DeleteNamespaces {
+            kubectl: kubectl.clone(),
+            names: vec![name.clone()],
+        };
+        (name, guard)
+    }
+}
+
 impl Drop for DeleteNamespaces {
     fn drop(&mut self) {
         if std::env::var_os("RPF_E2E_KEEP").is_some() {
@@ -610,13 +625,18 @@ pub fn wait_webhook_gone(kubectl: &Kubectl) {
 
 /// `kubectl ARGS...` with `input` on stdin: stdout, or stderr as the error.
 pub fn apply_stdin(kubectl: &Kubectl, args: &[&str], input: &str) -> Result<String, String> {
-    let mut child = kubectl
-        .cmd(args)
+    pipe(&mut kubectl.cmd(args), input)
+}
+
+/// Runs `cmd` with `input` on stdin: its stdout, or its stderr as the
+/// error.
+pub fn pipe(cmd: &mut Command, input: &str) -> Result<String, String> {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn kubectl");
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     child
         .stdin
         .take()

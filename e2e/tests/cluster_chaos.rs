@@ -50,8 +50,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rpf_e2e::cluster::{
     apply_stdin, env_or, host_server, load_images, render_install, rpf_binary, scale_webhook,
-    unique_suffix, wait_for, wait_injecting, wait_not_terminating, webhook_rollout,
-    DeleteNamespaces, Installed, Kubectl, Watched, WEBHOOK, WEBHOOK_NS,
+    wait_for, wait_injecting, wait_not_terminating, webhook_rollout, DeleteNamespaces, Installed,
+    Kubectl, Watched, WEBHOOK, WEBHOOK_NS,
 };
 use rpf_webhook::tls::{self, Validity};
 use serde_json::Value;
@@ -220,13 +220,7 @@ fn cluster_chaos_attach() {
     );
     let rpf = rpf_binary();
 
-    let ns = format!("rpf-e2e-chaos-{}", unique_suffix());
-    kubectl.run(["create", "namespace", &ns]);
-    let _namespace = DeleteNamespaces {
-        kubectl: kubectl.clone(),
-        names: vec![ns.clone()],
-    };
-    log(format!("namespace {ns}"));
+    let (ns, _namespace) = DeleteNamespaces::create(&kubectl, "rpf-e2e-chaos");
     // The sidecar as the webhook injects it (`serve`, so the session
     // outlives a channel), and an app container with a shell and wget.
     apply(
@@ -570,13 +564,8 @@ fn cluster_chaos_webhook() {
         },
     );
 
-    let ns = format!("rpf-e2e-chaos-{}", unique_suffix());
-    kubectl.run(["create", "namespace", &ns]);
-    let _namespace = DeleteNamespaces {
-        kubectl: kubectl.clone(),
-        names: vec![ns.clone()],
-    };
-    log(format!("webhook installed, namespace {ns}"));
+    let (ns, _namespace) = DeleteNamespaces::create(&kubectl, "rpf-e2e-chaos");
+    log("webhook installed");
     wait_injecting(
         &kubectl,
         &annotated_pod(&ns, "probe", "probe", &client),

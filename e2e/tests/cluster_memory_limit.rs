@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rpf_e2e::cgroup::quantity_bytes;
 use rpf_e2e::cluster::{
-    apply_stdin, env_or, load_images, rpf_binary, unique_suffix, DeleteNamespaces, Kubectl, Watched,
+    apply_stdin, env_or, load_images, pipe, rpf_binary, DeleteNamespaces, Kubectl, Watched,
 };
 use rpf_e2e::process::{bin, free_port, Background};
 use serde_json::Value;
@@ -69,12 +69,7 @@ fn cluster_memory_limit() {
         &["rpf-sidecar.tar"],
     );
     let rpf = rpf_binary();
-    let ns = format!("rpf-e2e-mem-{}", unique_suffix());
-    kubectl.run(["create", "namespace", &ns]);
-    let _namespace = DeleteNamespaces {
-        kubectl: kubectl.clone(),
-        names: vec![ns.clone()],
-    };
+    let (ns, _namespace) = DeleteNamespaces::create(&kubectl, "rpf-e2e-mem");
 
     // The pod as `rpf inject` writes it: the default resources.
     let pod = format!(
@@ -103,7 +98,7 @@ spec:
         "--image-pull-policy",
         "IfNotPresent",
     ]);
-    let injected = apply_stdin_cmd(&mut inject, &pod);
+    let injected = pipe(&mut inject, &pod).unwrap_or_else(|e| panic!("rpf inject: {e}"));
     apply_stdin(&kubectl, &["apply", "-f", "-"], &injected).unwrap_or_else(|e| panic!("{e}"));
     kubectl.run([
         "-n",
@@ -198,24 +193,4 @@ spec:
     assert_eq!(whole, CONNECTIONS, "connections lost");
     assert!(attach.child.try_wait().unwrap().is_none(), "rpf exited");
     log(format!("passed in {:.0?}", started.elapsed()));
-}
-
-/// Runs `cmd` with `input` on stdin; its stdout.
-fn apply_stdin_cmd(cmd: &mut Command, input: &str) -> String {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed");
-    String::from_utf8(out.stdout).unwrap()
 }
