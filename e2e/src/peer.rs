@@ -148,7 +148,7 @@ pub struct ManyReport {
 
 /// Opens `n` connections to an echo server, all at once, then sends `bytes`
 /// on each, half-closes, and checks the echo.
-pub async fn many(addr: SocketAddr, n: usize, bytes: usize) -> ManyReport {
+pub async fn many(addr: SocketAddr, n: usize, bytes: usize, keep_open: bool) -> ManyReport {
     let mut conns = Vec::with_capacity(n);
     let mut errors = Vec::new();
     for _ in 0..n {
@@ -157,23 +157,39 @@ pub async fn many(addr: SocketAddr, n: usize, bytes: usize) -> ManyReport {
             Err(e) => errors.push(format!("connect: {e}")),
         }
     }
+    // With `keep_open`, every connection stays open (no half-close) until
+    // all have their echo back, as long-lived connections do.
+    let all_echoed = std::sync::Arc::new(tokio::sync::Barrier::new(conns.len()));
     // All are open now; only then does any of them talk.
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
         .map(|(i, mut tcp)| {
+            let all_echoed = all_echoed.clone();
             tokio::spawn(async move {
                 let mut data = vec![0u8; bytes];
                 Pattern::new(i as u64).fill(&mut data);
                 tcp.write_all(&data)
                     .await
                     .map_err(|e| format!("write: {e}"))?;
-                tcp.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
-                let mut back = Vec::with_capacity(bytes);
-                tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut back))
+                let mut back = vec![0u8; bytes];
+                let echoed = async {
+                    if keep_open {
+                        tcp.read_exact(&mut back).await.map(|_| ())
+                    } else {
+                        tcp.shutdown().await?;
+                        back.clear();
+                        tcp.read_to_end(&mut back).await.map(|_| ())
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(60), echoed)
                     .await
                     .map_err(|_| "timed out".to_string())?
                     .map_err(|e| format!("read: {e}"))?;
+                if keep_open {
+                    // Bounded: a connection that failed never arrives.
+                    let _ = tokio::time::timeout(Duration::from_secs(60), all_echoed.wait()).await;
+                }
                 if back == data {
                     Ok(())
                 } else {

@@ -223,6 +223,40 @@ fn a_thousand_concurrent_connections_with_a_raised_limit_lose_nothing() {
     assert_eq!(report.ok, 1000, "{report:?}\n{}", attach.stderr());
 }
 
+/// 1,000 connections that each send a little and stay open: none may keep
+/// a share of the channel's window it does not use, or the others starve.
+#[test]
+fn a_thousand_connections_held_open_after_a_ping_pong_all_get_their_echo() {
+    let pod = Pod::new("held");
+    let port = free_port();
+    let _echo = Background::start(testpeer(&[
+        "echo",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]));
+    let mut attach = Attach::start(&[
+        "--via",
+        &pod.via,
+        "-q",
+        "--max-connections",
+        "1000",
+        &format!("9000:{port}"),
+    ]);
+    attach.wait_forwarding(1);
+    let out = pod.testpeer(&[
+        "many",
+        "--connect",
+        "127.0.0.1:9000",
+        "--connections",
+        "1000",
+        "--bytes",
+        "1",
+        "--keep-open",
+    ]);
+    let report: ManyReport = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report.ok, 1000, "{report:?}\n{}", attach.stderr());
+}
+
 #[test]
 fn the_default_limit_refuses_the_eleventh_connection() {
     let pod = Pod::new("limit");

@@ -20,15 +20,15 @@ pub const SIDECAR_UID: i64 = 65532;
 /// CPU the sidecar requests: it is idle unless a tunnel carries traffic.
 pub const CPU_REQUEST: &str = "10m";
 /// Memory the sidecar requests: its steady use with some connections
-/// (under 1 MiB idle, a few MiB after bursts; see docs/injection.md).
+/// (0.5 to 2.5 MiB idle, 2 to 12 MiB after bursts; see docs/injection.md).
 pub const MEMORY_REQUEST: &str = "16Mi";
-/// Memory limit of the sidecar, from measurement (`e2e/tests/memory_limit.rs`,
-/// figures in docs/injection.md): 1,000 concurrent connections moving
-/// 64 KiB each way peak at about 25 MiB of memory plus up to 48 MiB of
-/// socket buffers, which cgroup v2 counts too. No CPU limit: throttling a
-/// byte pump only makes the tunnel slower, and the request already bounds
-/// scheduling.
-pub const MEMORY_LIMIT: &str = "128Mi";
+/// Memory limit of the sidecar: twice the measured peak of 1,000 concurrent
+/// connections moving 64 KiB each way (up to 76 MiB of memory plus 52 MiB
+/// of socket buffers, which cgroup v2 counts too; `e2e/tests/memory_limit.rs`).
+/// Under the former 64Mi that load got the shipped sidecar OOM-killed. No
+/// CPU limit: throttling a byte pump only makes the tunnel slower, and the
+/// request already bounds scheduling.
+pub const MEMORY_LIMIT: &str = "256Mi";
 
 /// Builds the sidecar container.
 ///

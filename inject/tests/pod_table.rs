@@ -296,7 +296,7 @@ fn sidecar_container_contents() {
             ],
             "resources": {
                 "requests": { "cpu": "10m", "memory": "16Mi" },
-                "limits": { "memory": "128Mi" }
+                "limits": { "memory": "256Mi" }
             },
             "securityContext": {
                 "runAsNonRoot": true,

@@ -2,17 +2,15 @@
 //!
 //! TCP semantics are kept end to end: END_STREAM is a half-close (FIN) of
 //! one direction, a stream reset is an abort (RST) of both. Flow control is
-//! honoured both ways: a socket is read only once the peer has granted the
-//! stream capacity, and at most that much, and capacity is released only
-//! once bytes are written to the socket, so a slow reader slows the writer
-//! instead of filling memory, and what all pumps hold together is bounded
-//! by the channel's window, not by the number of connections.
+//! honoured both ways: bytes are sent only as the peer grants capacity, and
+//! capacity is released only once bytes are written to the socket, so a
+//! slow reader slows the writer instead of filling memory.
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
@@ -110,13 +108,9 @@ async fn socket_to_stream(
     let mut total = 0u64;
     loop {
         tcp.readable().await?;
-        // Window first, then the read, and at most what was granted: what a
-        // pump holds is then bounded by the channel's window (shared by all
-        // streams), not by waiting connections × a read buffer. Idle
-        // connections reserve nothing and hold no buffer.
-        let granted = window(send, READ_CHUNK).await?.min(READ_CHUNK);
-        let mut buf = BytesMut::with_capacity(granted);
-        let n = match tcp.try_read_buf(&mut (&mut buf).limit(granted)) {
+        // Allocate only once data is there: idle connections hold no buffer.
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let n = match tcp.try_read_buf(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
@@ -130,32 +124,9 @@ async fn socket_to_stream(
         } else {
             buf.freeze()
         };
-        send.send_data(chunk, false)?;
+        send_all(send, chunk).await?;
         total += n as u64;
         meter.inc_by(n as u64);
-    }
-}
-
-/// Chunks a stream may have granted at once: h2 counts data still queued
-/// for the channel against a reservation, so asking for one chunk would
-/// let the next read wait for the last chunk to be written out; with a few
-/// the reads and the writes overlap.
-const CHUNKS_IN_FLIGHT: usize = 4;
-
-/// Waits until the stream holds send window, reserving `CHUNKS_IN_FLIGHT`
-/// chunks of `chunk`; returns how much may be sent now.
-async fn window(send: &mut SendStream<Bytes>, chunk: usize) -> Result<usize, PumpError> {
-    send.reserve_capacity(CHUNKS_IN_FLIGHT * chunk);
-    loop {
-        let now = send.capacity();
-        if now > 0 {
-            return Ok(now);
-        }
-        match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => return Err(PumpError::Stream(h2::Error::from(Reason::CANCEL))),
-        }
     }
 }
 

@@ -130,13 +130,13 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     let start = Instant::now();
-    let report = many(via.echo, 1000, 1024).await;
+    let report = many(via.echo, 1000, 1024, false).await;
     let took = start.elapsed();
     if report.ok != 1000 {
         bail!("1,000 concurrent connections through the tunnel: {report:?}");
     }
     let start = Instant::now();
-    let direct_many = many(direct.echo, 1000, 1024).await;
+    let direct_many = many(direct.echo, 1000, 1024, false).await;
     let took_d = start.elapsed();
     rows.push(Row {
         name: "1,000 concurrent connections, 1 KiB echo each (s, all intact)".into(),

@@ -55,6 +55,9 @@ enum Cmd {
         connections: usize,
         #[arg(long, default_value_t = 1000)]
         bytes: usize,
+        /// Keep every connection open (no half-close) until all are echoed.
+        #[arg(long)]
+        keep_open: bool,
     },
     /// Hold N echo connections, then try one more.
     ProbeLimit {
@@ -156,8 +159,9 @@ async fn main() -> anyhow::Result<()> {
             connect,
             connections,
             bytes,
+            keep_open,
         } => {
-            let report = peer::many(connect, connections, bytes).await;
+            let report = peer::many(connect, connections, bytes, keep_open).await;
             println!("{}", serde_json::to_string(&report)?);
         }
         Cmd::ProbeLimit { connect, hold } => {
